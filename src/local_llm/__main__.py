@@ -1,0 +1,3 @@
+from local_llm.cli import main
+
+raise SystemExit(main())

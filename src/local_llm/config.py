@@ -1,0 +1,105 @@
+"""The one typed source of configuration.
+
+Every setting is read here from the environment (prefix ``LLM_``) and may be overridden by a
+CLI flag of the same name (``LLM_MODELS_DIR`` <-> ``--models-dir``); no other module reads
+``os.environ`` for its own configuration.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+
+
+class Settings(BaseSettings):
+    """Server settings. Field descriptions are the README's settings table and the CLI's help."""
+
+    model_config = SettingsConfigDict(env_prefix="LLM_", extra="ignore", validate_default=True)
+
+    # --- Serving -----------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Address to bind. Loopback only unless you change it.")
+    port: int = Field(15530, ge=1, le=65535, description="TCP port.")
+    log_level: LogLevel = Field("info", description="Log level: critical, error, warning, info, debug.")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated API keys. When set, every /v1 route needs `Authorization: Bearer KEY`.",
+    )
+    max_request_body_mb: float = Field(
+        32.0, gt=0, description="Largest request body accepted, in MiB; larger bodies get 413."
+    )
+    max_inputs_per_request: int = Field(
+        2048, ge=1, description="Most inputs (embedding strings or token lists) in one request."
+    )
+
+    # --- Models ------------------------------------------------------------------------------
+    models_dir: Path | None = Field(
+        None,
+        description="Folder of Hugging Face model folders and/or an HF cache (models--org--name). "
+        "An optional models.yaml inside overrides type, name, aliases and options per model.",
+    )
+    bundled_models: bool = Field(
+        True, description="Also serve the models shipped with the package (all-MiniLM-L6-v2)."
+    )
+
+    # --- Lifecycle ---------------------------------------------------------------------------
+    auto_unload_models: bool = Field(
+        True,
+        description="Unload the least recently used idle model when more than LLM_MODEL_CACHE_SIZE are loaded. "
+        "When false, loaded models stay loaded.",
+    )
+    model_cache_size: int = Field(3, ge=1, description="How many models may be loaded at once.")
+    model_load_timeout_s: float = Field(
+        600.0, gt=0, description="How long a request waits for its model to load before it gets 503."
+    )
+
+    # --- Embeddings batching -----------------------------------------------------------------
+    embedding_batch_size: int = Field(
+        32, ge=1, description="Most inputs the embedding queue runs through the model in one batch."
+    )
+    embedding_batch_tokens: int = Field(
+        16384, ge=1, description="Most tokens (padded) in one embedding batch."
+    )
+    max_queued_inputs: int = Field(
+        16384, ge=1, description="Inputs waiting per model before new requests get 503 + Retry-After."
+    )
+
+    # --- GPU and vLLM (placement and chat issues build on these) ------------------------------
+    enable_gpu_memory_offload: bool = Field(
+        True, description="Allow GPU+CPU offload placement for models larger than the GPU budget. (planned)"
+    )
+    gpu_memory_offload_threshold_gb: float | None = Field(
+        None, ge=0, description="Force offload for models whose weights exceed this many GB. (planned)"
+    )
+    available_gpu_memory_gb: float | None = Field(
+        None, gt=0, description="Cap on the GPU memory the server may use, for a shared GPU. (planned)"
+    )
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="Fraction of GPU memory vLLM may reserve. (planned: chat)"
+    )
+    vllm_tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallel size. (planned: chat)")
+    vllm_dtype: str = Field("auto", description="vLLM dtype: auto, bfloat16, float16, float32. (planned: chat)")
+    vllm_max_model_len: int | None = Field(
+        None, ge=1, description="vLLM context length cap; the model's own is the default. (planned: chat)"
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        """Accept ``a,b,c`` from the environment as well as a list from code."""
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @field_validator("models_dir", mode="after")
+    @classmethod
+    def _expand_models_dir(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+    @property
+    def max_request_body_bytes(self) -> int:
+        return int(self.max_request_body_mb * 1024 * 1024)

@@ -1,0 +1,31 @@
+"""The small interface every engine offers the manager."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from local_llm.placement import PlacementPlan
+from local_llm.registry.spec import ModelSpec
+
+
+class Engine(ABC):
+    """A model the manager can load and unload.
+
+    The manager calls :meth:`start` once and :meth:`stop` once, never concurrently, and only stops
+    an engine no request holds. Engines know nothing of HTTP.
+    """
+
+    #: Shown in /v1/models as the engine serving the model.
+    backend: str = "unknown"
+
+    def __init__(self, spec: ModelSpec, plan: PlacementPlan) -> None:
+        self.spec = spec
+        self.plan = plan
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Load the weights onto ``plan.device``; slow work runs off the event loop."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Release the model and its memory."""

@@ -1,0 +1,169 @@
+"""Dynamic batching: one queue per loaded model gathers work from concurrent requests.
+
+Modelled on Infinity's batch handler and TEI's queue: requests put their items on the queue and
+await futures; one worker takes as many items as fit a batch (by count and by padded tokens),
+runs the model on a dedicated thread so the event loop keeps serving, and resolves the futures.
+While one batch runs, the next one gathers, so under load batches fill up by themselves and a lone
+request is never held back waiting for company.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from local_llm.errors import EngineUnavailableError, QueueFullError
+
+logger = logging.getLogger(__name__)
+
+P = TypeVar("P")
+R = TypeVar("R")
+
+# run_batch returns one result per payload; an Exception in a slot fails only that item.
+BatchFunction = Callable[[list[P]], Sequence[R | Exception]]
+
+
+@dataclass
+class _Item(Generic[P, R]):
+    payload: P
+    cost: int
+    future: asyncio.Future[R]
+
+
+@dataclass
+class BatchStats:
+    """Counters for tests and /metrics: how well the queue gathers."""
+
+    batches: int = 0
+    items: int = 0
+    largest_batch: int = 0
+    sizes: list[int] = field(default_factory=list)
+
+    def record(self, size: int) -> None:
+        self.batches += 1
+        self.items += size
+        self.largest_batch = max(self.largest_batch, size)
+        if len(self.sizes) < 10_000:
+            self.sizes.append(size)
+
+
+class BatchQueue(Generic[P, R]):
+    """Gathers items into batches for ``run_batch`` and runs them one at a time off the event loop.
+
+    ``cost`` of an item is its length in tokens; a batch's padded cost (longest item x count) stays
+    within ``max_batch_cost`` so one very long input does not pad a large batch to its length.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        run_batch: BatchFunction[P, R],
+        *,
+        max_batch_items: int,
+        max_batch_cost: int,
+        max_queued: int,
+    ) -> None:
+        self.name = name
+        self._run_batch = run_batch
+        self._max_items = max_batch_items
+        self._max_cost = max_batch_cost
+        self._max_queued = max_queued
+        self._pending: deque[_Item[P, R]] = deque()
+        self._wakeup = asyncio.Event()
+        self._running: list[_Item[P, R]] = []
+        self._worker: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self.stats = BatchStats()
+
+    @property
+    def queued(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        if self._worker is not None:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{self.name}")
+        self._worker = asyncio.get_running_loop().create_task(self._work(), name=f"batch-queue-{self.name}")
+
+    async def stop(self) -> None:
+        """Stop the worker; items still queued fail with :class:`EngineUnavailableError`."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.cancel()
+            await asyncio.gather(worker, return_exceptions=True)
+        for item in (*self._running, *self._pending):
+            if not item.future.done():
+                item.future.set_exception(EngineUnavailableError(f"model {self.name} was unloaded"))
+        self._running, self._pending = [], deque()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    async def submit(self, payloads: Sequence[P], costs: Sequence[int]) -> list[R]:
+        """Queue ``payloads`` and wait for their results, in order.
+
+        Raises :class:`QueueFullError` at once when the queue cannot take them all. If the caller is
+        cancelled (client gone), its items are dropped before they reach the model.
+        """
+        if self._worker is None:
+            raise EngineUnavailableError(f"model {self.name} is not running")
+        if len(self._pending) + len(payloads) > self._max_queued:
+            raise QueueFullError(
+                f"Model '{self.name}' has {len(self._pending)} inputs queued; try again shortly.",
+                retry_after_s=1.0,
+            )
+        loop = asyncio.get_running_loop()
+        items = [_Item[P, R](p, max(1, c), loop.create_future()) for p, c in zip(payloads, costs, strict=True)]
+        self._pending.extend(items)
+        self._wakeup.set()
+        try:
+            return list(await asyncio.gather(*(item.future for item in items)))
+        except BaseException:
+            for item in items:
+                item.future.cancel()
+            raise
+
+    def _take_batch(self) -> list[_Item[P, R]]:
+        batch: list[_Item[P, R]] = []
+        longest = 0
+        while self._pending and len(batch) < self._max_items:
+            item = self._pending[0]
+            if item.future.done():  # cancelled by a caller that went away
+                self._pending.popleft()
+                continue
+            padded = max(longest, item.cost) * (len(batch) + 1)
+            if batch and padded > self._max_cost:
+                break
+            batch.append(self._pending.popleft())
+            longest = max(longest, item.cost)
+        return batch
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            batch = self._take_batch()
+            if not batch:
+                self._wakeup.clear()
+                continue
+            self.stats.record(len(batch))
+            self._running = batch
+            payloads = [item.payload for item in batch]
+            try:
+                results = await loop.run_in_executor(self._executor, self._run_batch, payloads)
+            except Exception as exc:
+                logger.exception("batch of %d for %s failed", len(batch), self.name)
+                results = [exc] * len(batch)
+            for item, result in zip(batch, results, strict=True):
+                if item.future.done():
+                    continue
+                if isinstance(result, Exception):
+                    item.future.set_exception(result)
+                else:
+                    item.future.set_result(result)
+            self._running = []

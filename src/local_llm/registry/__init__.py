@@ -1,0 +1,6 @@
+"""Discovery and classification of the models a folder holds."""
+
+from local_llm.registry.registry import ModelRegistry
+from local_llm.registry.spec import ModelKind, ModelOptions, ModelSpec, SkippedFolder, WeightFormat
+
+__all__ = ["ModelKind", "ModelOptions", "ModelRegistry", "ModelSpec", "SkippedFolder", "WeightFormat"]

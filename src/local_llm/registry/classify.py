@@ -1,0 +1,154 @@
+"""Tell chat, embedding and reranker models apart from the files in their folder.
+
+Evidence is read in order of how much it can be trusted: what sentence-transformers wrote
+(``config_sentence_transformers.json``, ``modules.json``), then the ``architectures`` in
+``config.json`` and its labels, then the chat template. The folder name is only a last hint,
+because names mislead: Qwen3-Embedding is a ``Qwen3ForCausalLM`` with sentence-transformers files,
+and a name-based guess files it as chat.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from local_llm.registry.spec import ModelKind, WeightFormat
+
+_CAUSAL_SUFFIXES = ("ForCausalLM", "ForConditionalGeneration", "LMHeadModel")
+_EMBEDDING_NAME_HINTS = ("embed", "bge", "e5-", "gte", "minilm", "mpnet", "sentence")
+_RERANKER_NAME_HINTS = ("rerank",)
+
+
+class UnservableFolder(Exception):
+    """The folder is not a model we can serve; the message says why, for the user."""
+
+
+@dataclass(frozen=True)
+class Classification:
+    kind: ModelKind
+    reason: str
+
+
+@dataclass(frozen=True)
+class Weights:
+    weight_format: WeightFormat
+    size_bytes: int
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """Read a JSON object, turning any problem into :class:`UnservableFolder`."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UnservableFolder(f"{path.name} is unreadable: {exc}") from exc
+    if not isinstance(data, dict):
+        raise UnservableFolder(f"{path.name} is not a JSON object")
+    return data
+
+
+def find_weights(folder: Path) -> Weights:
+    """Which weight files the folder has, and their total size (symlinks into an HF cache followed)."""
+    for weight_format, patterns in (
+        (WeightFormat.SAFETENSORS, ("*.safetensors",)),
+        (WeightFormat.PYTORCH, ("pytorch_model*.bin",)),
+        (WeightFormat.GGUF, ("*.gguf",)),
+    ):
+        files = [f for pattern in patterns for f in folder.glob(pattern) if f.is_file()]
+        if files:
+            return Weights(weight_format, sum(f.stat().st_size for f in files))
+    raise UnservableFolder("no weight files (*.safetensors, pytorch_model*.bin or *.gguf)")
+
+
+def has_chat_template(folder: Path) -> bool:
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+        return True
+    tokenizer_config = folder / "tokenizer_config.json"
+    if not tokenizer_config.is_file():
+        return False
+    try:
+        return bool(read_json(tokenizer_config).get("chat_template"))
+    except UnservableFolder:
+        return False
+
+
+def quantization_of(config: dict[str, Any]) -> str | None:
+    """The quantization method a config declares (awq, gptq, compressed-tensors, ...), if any."""
+    quantization = config.get("quantization_config")
+    if isinstance(quantization, dict):
+        method = quantization.get("quant_method")
+        return str(method) if method else None
+    return None
+
+
+def _label_count(config: dict[str, Any]) -> int:
+    if isinstance(config.get("num_labels"), int):
+        return int(config["num_labels"])
+    id2label = config.get("id2label")
+    return len(id2label) if isinstance(id2label, dict) else 2
+
+
+def _name_hint(name: str) -> ModelKind | None:
+    lowered = name.lower()
+    if any(hint in lowered for hint in _RERANKER_NAME_HINTS):
+        return ModelKind.RERANKER
+    if any(hint in lowered for hint in _EMBEDDING_NAME_HINTS):
+        return ModelKind.EMBEDDING
+    return None
+
+
+def classify(folder: Path, name: str) -> Classification:
+    """Decide what kind of model ``folder`` holds, or raise :class:`UnservableFolder` with the reason.
+
+    ``name`` is the model's served name; it is consulted only where the files cannot decide.
+    """
+    config_path = folder / "config.json"
+    st_config_path = folder / "config_sentence_transformers.json"
+    has_modules = (folder / "modules.json").is_file()
+    config = read_json(config_path) if config_path.is_file() else None
+    st_config = read_json(st_config_path) if st_config_path.is_file() else None
+
+    if st_config is not None:
+        st_type = st_config.get("model_type")
+        if st_type == "CrossEncoder":
+            return Classification(ModelKind.RERANKER, "sentence-transformers CrossEncoder")
+        if st_type == "SparseEncoder":
+            raise UnservableFolder("sentence-transformers SparseEncoder: sparse embeddings are not served")
+
+    architectures: list[str] = []
+    if config is not None:
+        raw = config.get("architectures") or []
+        architectures = [str(a) for a in raw] if isinstance(raw, list) else []
+    architecture = architectures[0] if architectures else None
+
+    if architecture and architecture.endswith("ForSequenceClassification"):
+        labels = _label_count(config or {})
+        if labels == 1:
+            return Classification(ModelKind.RERANKER, f"{architecture} with one label (cross-encoder)")
+        raise UnservableFolder(f"{architecture} with {labels} labels is a classifier, not a reranker")
+
+    if has_modules or st_config is not None:
+        found = "modules.json" if has_modules else "config_sentence_transformers.json"
+        return Classification(ModelKind.EMBEDDING, f"sentence-transformers model ({found})")
+
+    if architecture and architecture.endswith(_CAUSAL_SUFFIXES):
+        if _name_hint(name) is ModelKind.RERANKER:
+            return Classification(ModelKind.RERANKER, f"{architecture} named as a reranker (yes/no LLM reranker)")
+        template = "with a chat template" if has_chat_template(folder) else "without a chat template"
+        return Classification(ModelKind.CHAT, f"{architecture} {template}")
+
+    if architecture and architecture.endswith("Model"):
+        return Classification(ModelKind.EMBEDDING, f"{architecture} without a task head (mean-pooled encoder)")
+
+    if architecture:
+        raise UnservableFolder(f"architecture {architecture} is not a chat, embedding or reranker model")
+
+    hinted = _name_hint(name)
+    if hinted is not None:
+        return Classification(hinted, f"no architecture in config.json; the name suggests {hinted.value}")
+    if config is None:
+        if any(folder.glob("*.gguf")):
+            raise UnservableFolder("GGUF file: not served yet (GGUF import comes with the chat engine)")
+        raise UnservableFolder("no config.json, modules.json or *.gguf: not a Hugging Face model folder")
+    raise UnservableFolder("config.json names no architecture and the name gives no hint")

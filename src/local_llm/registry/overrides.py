@@ -1,0 +1,89 @@
+"""``models.yaml``: the operator's per-model overrides, validated at the edge.
+
+Example (keys are folders relative to the models folder)::
+
+    models:
+      Qwen3-Embedding-0.6B:
+        name: qwen3-embed
+        aliases: [text-embedding-3-small]
+        matryoshka: true
+      models--BAAI--bge-reranker-base:
+        type: reranker
+      my-custom-arch:
+        trust_remote_code: true
+      old-model:
+        enabled: false
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from local_llm.registry.spec import ModelKind
+
+OVERRIDES_FILE = "models.yaml"
+# A served name is an identifier, never a path: no "..", no leading "/", no backslashes.
+SERVED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]*(/[A-Za-z0-9][A-Za-z0-9._:@+-]*)?$")
+
+
+class InvalidOverrides(Exception):
+    """models.yaml cannot be used; the message says where and why."""
+
+
+def check_served_name(name: str) -> str:
+    if not SERVED_NAME.match(name) or ".." in name:
+        raise ValueError(f"{name!r} is not a valid model name (letters, digits, . _ - : @ +, one optional /)")
+    return name
+
+
+class ModelOverride(BaseModel):
+    """One model's entry in models.yaml."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    name: str | None = None
+    type: ModelKind | None = None
+    aliases: list[str] = Field(default_factory=list)
+    trust_remote_code: bool = False
+    matryoshka: bool = False
+    engine_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str | None) -> str | None:
+        return check_served_name(value) if value is not None else None
+
+    @field_validator("aliases")
+    @classmethod
+    def _valid_aliases(cls, value: list[str]) -> list[str]:
+        return [check_served_name(alias) for alias in value]
+
+
+class OverridesFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    models: dict[str, ModelOverride] = Field(default_factory=dict)
+
+
+def load_overrides(models_dir: Path) -> dict[str, ModelOverride]:
+    """Read ``models_dir/models.yaml``; an absent file means no overrides."""
+    path = models_dir / OVERRIDES_FILE
+    if not path.is_file():
+        return {}
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        parsed = OverridesFile.model_validate(raw)
+    except (OSError, yaml.YAMLError) as exc:
+        raise InvalidOverrides(f"{path}: {exc}") from exc
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors()
+        )
+        raise InvalidOverrides(f"{path}: {problems}") from exc
+    return {key.strip("/"): value for key, value in parsed.models.items()}

@@ -1,0 +1,64 @@
+"""What discovery knows about a model: plain, immutable data shared by every layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+
+class ModelKind(str, Enum):
+    """Which APIs a model serves."""
+
+    CHAT = "chat"
+    EMBEDDING = "embedding"
+    RERANKER = "reranker"
+
+
+class WeightFormat(str, Enum):
+    SAFETENSORS = "safetensors"
+    PYTORCH = "pytorch"
+    GGUF = "gguf"
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Per-model options, from models.yaml (defaults are the secure ones)."""
+
+    trust_remote_code: bool = False
+    # Matryoshka-trained embedders may be truncated with `dimensions`; others are refused.
+    matryoshka: bool = False
+    engine_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A servable model found by discovery.
+
+    ``path`` is resolved by the registry only; request code never builds a path from a name.
+    """
+
+    name: str
+    kind: ModelKind
+    path: Path
+    weight_format: WeightFormat
+    size_bytes: int
+    # Why the classifier chose ``kind``: shown by `local-llm models` and /v1/models.
+    reason: str
+    source: str
+    aliases: tuple[str, ...] = ()
+    quantization: str | None = None
+    options: ModelOptions = field(default_factory=ModelOptions)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name, *self.aliases)
+
+
+@dataclass(frozen=True)
+class SkippedFolder:
+    """A folder discovery looked at and will not serve, with the reason a user needs to fix it."""
+
+    path: Path
+    reason: str

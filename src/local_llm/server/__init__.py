@@ -1,0 +1,1 @@
+"""HTTP layer: the app factory, thin routers, serving classes and error handling."""

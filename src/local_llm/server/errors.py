@@ -1,0 +1,96 @@
+"""Every failure leaves as OpenAI-shaped JSON; this module owns the category -> status table."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from local_llm.errors import ErrorCategory, LocalLLMError
+from local_llm.protocol.errors import ErrorDetail, ErrorResponse
+
+logger = logging.getLogger(__name__)
+
+STATUS_BY_CATEGORY: dict[ErrorCategory, int] = {
+    ErrorCategory.INVALID_REQUEST: 400,
+    ErrorCategory.AUTHENTICATION: 401,
+    ErrorCategory.NOT_FOUND: 404,
+    ErrorCategory.TOO_LARGE: 413,
+    ErrorCategory.OVERLOADED: 503,
+    ErrorCategory.UNAVAILABLE: 503,
+    ErrorCategory.INSUFFICIENT_MEMORY: 507,
+    ErrorCategory.INTERNAL: 500,
+}
+
+
+def error_response(
+    status: int,
+    message: str,
+    error_type: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = ErrorResponse(error=ErrorDetail(message=message, type=error_type, param=param, code=code))
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def local_error_response(exc: LocalLLMError) -> JSONResponse:
+    headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))} if exc.retry_after_s else None
+    return error_response(
+        STATUS_BY_CATEGORY[exc.category],
+        exc.message,
+        exc.error_type,
+        param=exc.param,
+        code=exc.code,
+        headers=headers,
+    )
+
+
+def _param_from_location(location: tuple[Any, ...]) -> str | None:
+    """('body', 'input', 0) -> 'input'; ('body',) -> None. Union branch names are dropped."""
+    parts = [str(p) for p in location[1:] if isinstance(p, str) and not p.startswith(("list[", "str", "int"))]
+    return parts[0] if parts else None
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    errors = exc.errors()
+    if not errors:
+        return "Invalid request.", None
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        return f"The body is not valid JSON: {first.get('ctx', {}).get('error', first.get('msg'))}.", None
+    location = tuple(first.get("loc", ()))
+    param = _param_from_location(location)
+    if first.get("type") == "missing":
+        return f"Missing required field '{param}'.", param
+    if location == ("body",):
+        return f"The body must be a JSON object: {first.get('msg')}.", None
+    detail = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    return (f"Invalid value for '{param}': {detail}." if param else f"{detail}."), param
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(LocalLLMError)
+    async def _local(_: Request, exc: LocalLLMError) -> JSONResponse:
+        return local_error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(exc)
+        return error_response(400, message, "invalid_request_error", param=param, code="invalid_request_error")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = "not_found" if exc.status_code == 404 else None
+        return error_response(exc.status_code, str(exc.detail), "invalid_request_error", code=code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, f"Internal error: {type(exc).__name__}.", "server_error", code="internal_error")

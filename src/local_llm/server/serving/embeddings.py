@@ -1,0 +1,126 @@
+"""The embeddings service: validates a request against its model, runs the engine, shapes the answer."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+
+import numpy as np
+
+from local_llm.config import Settings
+from local_llm.engines import EmbeddingEngine, EmbeddingInput
+from local_llm.errors import ContextLengthExceededError, InvalidRequestError, ModelTypeMismatchError
+from local_llm.manager import ModelManager
+from local_llm.protocol.embeddings import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
+from local_llm.registry import ModelKind
+
+ROUTE = "/v1/embeddings"
+
+
+class EmbeddingsService:
+    def __init__(self, manager: ModelManager, settings: Settings) -> None:
+        self._manager = manager
+        self._settings = settings
+
+    async def create(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        spec = self._manager.registry.get(request.model)
+        if spec.kind is not ModelKind.EMBEDDING:
+            raise ModelTypeMismatchError(request.model, spec.kind.value, ROUTE)
+        inputs = _as_input_list(request.input)
+        if len(inputs) > self._settings.max_inputs_per_request:
+            raise InvalidRequestError(
+                f"{len(inputs)} inputs in one request; at most {self._settings.max_inputs_per_request} "
+                "are accepted (LLM_MAX_INPUTS_PER_REQUEST).",
+                param="input",
+            )
+        if request.dimensions is not None and not spec.options.matryoshka:
+            raise InvalidRequestError(
+                f"Model '{spec.name}' is not Matryoshka-trained, so truncated embeddings would lose meaning. "
+                "An operator who wants it anyway sets `matryoshka: true` for the model in models.yaml.",
+                param="dimensions",
+            )
+
+        async with self._manager.lease(spec.name) as engine:
+            if not isinstance(engine, EmbeddingEngine):
+                raise ModelTypeMismatchError(request.model, spec.kind.value, ROUTE)
+            if request.dimensions is not None and request.dimensions > engine.dimension:
+                raise InvalidRequestError(
+                    f"dimensions is {request.dimensions}, but model '{spec.name}' has {engine.dimension}.",
+                    param="dimensions",
+                )
+            inputs, lengths = await _fit_to_context(engine, inputs, request.truncate)
+            vectors = await engine.embed(inputs, lengths)
+
+        if request.dimensions is not None:
+            vectors = truncate_and_renormalise(vectors, request.dimensions)
+        tokens = sum(lengths)
+        return EmbeddingResponse.model_construct(
+            data=[
+                Embedding.model_construct(object="embedding", index=i, embedding=encode(v, request.encoding_format))
+                for i, v in enumerate(vectors)
+            ],
+            model=request.model,
+            object="list",
+            usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens),
+        )
+
+
+def _as_input_list(value: str | list[str] | list[int] | list[list[int]]) -> list[EmbeddingInput]:
+    """One shape for the four the API accepts: a list of strings or of token-id lists."""
+    if isinstance(value, str):
+        return [value]
+    if value and isinstance(value[0], int):
+        return [list(value)]  # type: ignore[arg-type]
+    return list(value)  # type: ignore[arg-type]
+
+
+async def _fit_to_context(
+    engine: EmbeddingEngine, inputs: list[EmbeddingInput], truncate: bool
+) -> tuple[list[EmbeddingInput], list[int]]:
+    """Count each input's tokens; refuse over-long ones, or cut them when the client asked to."""
+    limit = engine.max_input_tokens
+    texts = [item for item in inputs if isinstance(item, str)]
+    if texts and len(texts) != len(inputs):
+        raise InvalidRequestError("input mixes strings and token ids", param="input")
+    if texts:
+        lengths = await engine.count_tokens(texts)
+    else:
+        _check_token_ids(inputs, engine.vocab_size)  # type: ignore[arg-type]
+        lengths = [len(item) for item in inputs]
+    too_long = [i for i, n in enumerate(lengths) if n > limit]
+    if too_long and not truncate:
+        first = too_long[0]
+        raise ContextLengthExceededError(
+            f"Input {first} has {lengths[first]} tokens, but model '{engine.spec.name}' reads at most {limit}"
+            f" ({len(too_long)} input(s) too long). Shorten them, or send \"truncate\": true to cut them.",
+            param="input",
+        )
+    if too_long:
+        # encode() truncates text itself at the model's limit; token ids are cut here.
+        inputs = [item[:limit] if isinstance(item, list) else item for item in inputs]
+        lengths = [min(n, limit) for n in lengths]
+    return inputs, lengths
+
+
+def _check_token_ids(token_lists: Sequence[list[int]], vocab_size: int) -> None:
+    for index, ids in enumerate(token_lists):
+        bad = next((t for t in ids if t < 0 or t >= vocab_size), None)
+        if bad is not None:
+            raise InvalidRequestError(
+                f"Input {index} has token id {bad}, outside the model's vocabulary [0, {vocab_size}).",
+                param="input",
+            )
+
+
+def truncate_and_renormalise(vectors: np.ndarray, dimensions: int) -> np.ndarray:
+    """Matryoshka truncation: keep the first ``dimensions`` and scale back to unit length."""
+    cut = vectors[:, :dimensions]
+    norms = np.linalg.norm(cut, axis=1, keepdims=True)
+    return np.divide(cut, norms, out=np.zeros_like(cut), where=norms > 0)
+
+
+def encode(vector: np.ndarray, encoding_format: str) -> list[float] | str:
+    """float: a JSON list; base64: float32 little-endian bytes, as OpenAI sends them."""
+    if encoding_format == "base64":
+        return base64.b64encode(np.ascontiguousarray(vector, dtype="<f4").tobytes()).decode("ascii")
+    return vector.tolist()  # type: ignore[no-any-return]

@@ -1,0 +1,41 @@
+"""The models service: the manager's statuses as OpenAI model cards."""
+
+from __future__ import annotations
+
+from local_llm.manager import ModelManager, ModelStatus
+from local_llm.protocol.models import ModelCard, ModelList
+
+
+class ModelsService:
+    def __init__(self, manager: ModelManager, created: int) -> None:
+        self._manager = manager
+        self._created = created
+
+    def list(self) -> ModelList:
+        return ModelList(data=[self._card(status) for status in self._manager.statuses()])
+
+    def get(self, name: str) -> ModelCard:
+        return self._card(self._manager.status(name))
+
+    def _card(self, status: ModelStatus) -> ModelCard:
+        spec, plan = status.spec, status.plan
+        return ModelCard(
+            id=spec.name,
+            created=self._created,
+            type=spec.kind.value,
+            state=status.state.value,
+            aliases=list(spec.aliases),
+            format=spec.weight_format.value,
+            quantization=spec.quantization,
+            size_bytes=spec.size_bytes,
+            classified_as=spec.reason,
+            source=spec.source,
+            backend=status.backend,
+            placement=plan.placement.value if plan else None,
+            placement_reason=plan.reason if plan else None,
+            estimated_bytes=plan.estimated_bytes if plan else None,
+            measured_bytes=status.measured_bytes,
+            load_seconds=round(status.load_seconds, 3) if status.load_seconds is not None else None,
+            in_flight=status.in_flight,
+            error=status.error,
+        )
