@@ -71,9 +71,18 @@ def cmd_models(settings: Settings) -> int:
     if registry.models:
         rows = [["NAME", "TYPE", "FORMAT", "SIZE", "WHY", "PATH"]]
         for spec in registry.models:
-            weight_format = spec.weight_format.value + (f" ({spec.quantization})" if spec.quantization else "")
+            weight_format = spec.weight_format.value + (
+                f" ({spec.quantization})" if spec.quantization else ""
+            )
             rows.append(
-                [spec.name, spec.kind.value, weight_format, _human_size(spec.size_bytes), spec.reason, str(spec.path)]
+                [
+                    spec.name,
+                    spec.kind.value,
+                    weight_format,
+                    _human_size(spec.size_bytes),
+                    spec.reason,
+                    str(spec.path),
+                ]
             )
         _print_table(rows)
     else:
@@ -109,11 +118,15 @@ def cmd_serve(settings: Settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="local-llm", description="OpenAI-compatible server for local models.")
+    parser = argparse.ArgumentParser(
+        prog="local-llm", description="OpenAI-compatible server for local models."
+    )
     parser.add_argument("--version", action="version", version=f"local-llm {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="Start the server.")
-    models = commands.add_parser("models", help="List the models discovery finds, and why folders were skipped.")
+    models = commands.add_parser(
+        "models", help="List the models discovery finds, and why folders were skipped."
+    )
     for sub in (serve, models):
         _add_settings_flags(sub)
     return parser

@@ -49,8 +49,8 @@ class Settings(BaseSettings):
     # --- Lifecycle ---------------------------------------------------------------------------
     auto_unload_models: bool = Field(
         True,
-        description="Unload the least recently used idle model when more than LLM_MODEL_CACHE_SIZE are loaded. "
-        "When false, loaded models stay loaded.",
+        description="Unload the least recently used idle model when more than LLM_MODEL_CACHE_SIZE "
+        "are loaded. When false, loaded models stay loaded.",
     )
     model_cache_size: int = Field(3, ge=1, description="How many models may be loaded at once.")
     model_load_timeout_s: float = Field(
@@ -82,7 +82,9 @@ class Settings(BaseSettings):
         0.9, gt=0, le=1, description="Fraction of GPU memory vLLM may reserve. (planned: chat)"
     )
     vllm_tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallel size. (planned: chat)")
-    vllm_dtype: str = Field("auto", description="vLLM dtype: auto, bfloat16, float16, float32. (planned: chat)")
+    vllm_dtype: str = Field(
+        "auto", description="vLLM dtype: auto, bfloat16, float16, float32. (planned: chat)"
+    )
     vllm_max_model_len: int | None = Field(
         None, ge=1, description="vLLM context length cap; the model's own is the default. (planned: chat)"
     )

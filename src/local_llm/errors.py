@@ -51,9 +51,7 @@ class ModelTypeMismatchError(InvalidRequestError):
     code = "model_type_mismatch"
 
     def __init__(self, model: str, kind: str, route: str) -> None:
-        super().__init__(
-            f"Model '{model}' is a {kind} model and cannot serve {route}.", param="model"
-        )
+        super().__init__(f"Model '{model}' is a {kind} model and cannot serve {route}.", param="model")
 
 
 class AuthenticationError(LocalLLMError):

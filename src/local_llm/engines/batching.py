@@ -118,7 +118,9 @@ class BatchQueue(Generic[P, R]):
                 retry_after_s=1.0,
             )
         loop = asyncio.get_running_loop()
-        items = [_Item[P, R](p, max(1, c), loop.create_future()) for p, c in zip(payloads, costs, strict=True)]
+        items = [
+            _Item[P, R](p, max(1, c), loop.create_future()) for p, c in zip(payloads, costs, strict=True)
+        ]
         self._pending.extend(items)
         self._wakeup.set()
         try:

@@ -118,7 +118,7 @@ class SentenceTransformersEmbeddingEngine(EmbeddingEngine):
         )
         model.eval()
         default_prompt = model.default_prompt_name
-        self._prompt = model.prompts.get(default_prompt, "") if default_prompt else ""
+        self._prompt = (model.prompts.get(default_prompt) or "") if default_prompt else ""
         self.memory_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
         return model
 

@@ -20,4 +20,6 @@ def create_engine(spec: ModelSpec, plan: PlacementPlan, settings: Settings) -> E
             batch_tokens=settings.embedding_batch_tokens,
             max_queued=settings.max_queued_inputs,
         )
-    raise EngineUnavailableError(f"Model '{spec.name}' is a {spec.kind.value} model; no engine serves those yet.")
+    raise EngineUnavailableError(
+        f"Model '{spec.name}' is a {spec.kind.value} model; no engine serves those yet."
+    )

@@ -158,8 +158,12 @@ class ModelManager:
                         self._capacity,
                     )
                 budget = await asyncio.to_thread(self._budget_probe)
-                plan = plan_placement(spec, estimate_bytes(spec, self._settings.embedding_batch_tokens), budget)
-            logger.info("loading %s (%s) on %s: %s", spec.name, spec.kind.value, plan.placement.value, plan.reason)
+                plan = plan_placement(
+                    spec, estimate_bytes(spec, self._settings.embedding_batch_tokens), budget
+                )
+            logger.info(
+                "loading %s (%s) on %s: %s", spec.name, spec.kind.value, plan.placement.value, plan.reason
+            )
             engine = self._engine_factory(spec, plan, self._settings)
             await engine.start()
         except Exception as exc:

@@ -36,9 +36,9 @@ class EmbeddingRequest(BaseModel):
         if not value:
             raise ValueError("input must not be an empty list")
         first = value[0]
-        if isinstance(first, str) and any(not text for text in value):  # type: ignore[union-attr]
+        if isinstance(first, str) and any(not text for text in value):
             raise ValueError("input must not contain empty strings")
-        if isinstance(first, list) and any(not ids for ids in value):  # type: ignore[union-attr]
+        if isinstance(first, list) and any(not ids for ids in value):
             raise ValueError("input must not contain empty token lists")
         return value
 

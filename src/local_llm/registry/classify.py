@@ -134,12 +134,16 @@ def classify(folder: Path, name: str) -> Classification:
 
     if architecture and architecture.endswith(_CAUSAL_SUFFIXES):
         if _name_hint(name) is ModelKind.RERANKER:
-            return Classification(ModelKind.RERANKER, f"{architecture} named as a reranker (yes/no LLM reranker)")
+            return Classification(
+                ModelKind.RERANKER, f"{architecture} named as a reranker (yes/no LLM reranker)"
+            )
         template = "with a chat template" if has_chat_template(folder) else "without a chat template"
         return Classification(ModelKind.CHAT, f"{architecture} {template}")
 
     if architecture and architecture.endswith("Model"):
-        return Classification(ModelKind.EMBEDDING, f"{architecture} without a task head (mean-pooled encoder)")
+        return Classification(
+            ModelKind.EMBEDDING, f"{architecture} without a task head (mean-pooled encoder)"
+        )
 
     if architecture:
         raise UnservableFolder(f"architecture {architecture} is not a chat, embedding or reranker model")

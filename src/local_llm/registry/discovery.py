@@ -117,7 +117,9 @@ def _candidates(models_dir: Path, skipped: list[SkippedFolder]) -> Iterator[Cand
         if entry.is_dir():
             yield from visit(entry, 1)
         elif entry.suffix == ".gguf":
-            skipped.append(SkippedFolder(entry, "GGUF file: not served yet (GGUF import comes with the chat engine)"))
+            skipped.append(
+                SkippedFolder(entry, "GGUF file: not served yet (GGUF import comes with the chat engine)")
+            )
 
 
 def _bundled_candidates() -> Iterator[Candidate]:
@@ -164,8 +166,13 @@ def inspect_candidate(candidate: Candidate, override: ModelOverride | None) -> M
     )
 
 
+# What Matryoshka-trained models' cards say: sentence-transformers' training loss and metadata,
+# and Qwen3-Embedding's "MRL Support". The bare word is no signal: every generated card links the blog.
+_MATRYOSHKA_MARKERS = ("matryoshkaloss", "matryoshka_dim", "mrl support")
+
+
 def _card_mentions_matryoshka(folder: Path) -> bool:
-    """Models trained with MatryoshkaLoss say so in their card; their embeddings may be truncated."""
+    """Matryoshka-trained models say so in their card; only their embeddings may be truncated."""
     card = folder / "README.md"
     if not card.is_file():
         return False
@@ -173,7 +180,7 @@ def _card_mentions_matryoshka(folder: Path) -> bool:
         text = card.read_text(encoding="utf-8", errors="replace").lower()
     except OSError:
         return False
-    return "matryoshka" in text
+    return any(marker in text for marker in _MATRYOSHKA_MARKERS)
 
 
 @dataclass(frozen=True)

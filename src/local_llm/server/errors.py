@@ -83,7 +83,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)
-        return error_response(400, message, "invalid_request_error", param=param, code="invalid_request_error")
+        return error_response(
+            400, message, "invalid_request_error", param=param, code="invalid_request_error"
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -93,4 +95,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, f"Internal error: {type(exc).__name__}.", "server_error", code="internal_error")
+        return error_response(
+            500, f"Internal error: {type(exc).__name__}.", "server_error", code="internal_error"
+        )

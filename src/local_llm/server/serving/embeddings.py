@@ -56,7 +56,9 @@ class EmbeddingsService:
         tokens = sum(lengths)
         return EmbeddingResponse.model_construct(
             data=[
-                Embedding.model_construct(object="embedding", index=i, embedding=encode(v, request.encoding_format))
+                Embedding.model_construct(
+                    object="embedding", index=i, embedding=encode(v, request.encoding_format)
+                )
                 for i, v in enumerate(vectors)
             ],
             model=request.model,
@@ -70,8 +72,8 @@ def _as_input_list(value: str | list[str] | list[int] | list[list[int]]) -> list
     if isinstance(value, str):
         return [value]
     if value and isinstance(value[0], int):
-        return [list(value)]  # type: ignore[arg-type]
-    return list(value)  # type: ignore[arg-type]
+        return [list(value)]  # type: ignore[arg-type]  # a single list of token ids
+    return list(value)  # type: ignore[arg-type]  # pydantic validated: all strings or all id lists
 
 
 async def _fit_to_context(
@@ -85,14 +87,15 @@ async def _fit_to_context(
     if texts:
         lengths = await engine.count_tokens(texts)
     else:
-        _check_token_ids(inputs, engine.vocab_size)  # type: ignore[arg-type]
-        lengths = [len(item) for item in inputs]
+        token_lists = [item for item in inputs if isinstance(item, list)]
+        _check_token_ids(token_lists, engine.vocab_size)
+        lengths = [len(item) for item in token_lists]
     too_long = [i for i, n in enumerate(lengths) if n > limit]
     if too_long and not truncate:
         first = too_long[0]
         raise ContextLengthExceededError(
             f"Input {first} has {lengths[first]} tokens, but model '{engine.spec.name}' reads at most {limit}"
-            f" ({len(too_long)} input(s) too long). Shorten them, or send \"truncate\": true to cut them.",
+            f' ({len(too_long)} input(s) too long). Shorten them, or send "truncate": true to cut them.',
             param="input",
         )
     if too_long:
@@ -123,4 +126,4 @@ def encode(vector: np.ndarray, encoding_format: str) -> list[float] | str:
     """float: a JSON list; base64: float32 little-endian bytes, as OpenAI sends them."""
     if encoding_format == "base64":
         return base64.b64encode(np.ascontiguousarray(vector, dtype="<f4").tobytes()).decode("ascii")
-    return vector.tolist()  # type: ignore[no-any-return]
+    return vector.tolist()

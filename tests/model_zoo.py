@@ -1,0 +1,169 @@
+"""Builds the models folder the tests serve: tiny random-weight models, saved with transformers and
+sentence-transformers, in every layout discovery must understand, plus folders it must skip.
+
+Built once per test session (a few seconds); nothing is downloaded: tokenizers are the bundled
+all-MiniLM-L6-v2's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from local_llm.registry.discovery import BUNDLED_MODELS
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+MODELS_YAML = """
+models:
+  tiny-embed:
+    aliases: [tiny-embed-alias]
+    matryoshka: true
+  org/nested-embed:
+    name: nested-renamed
+  as-reranker-by-yaml:
+    type: reranker
+  disabled-embed:
+    enabled: false
+  no-such-folder:
+    name: ghost
+"""
+
+
+def bundled_minilm_path() -> Path:
+    import importlib.util
+
+    bundled = BUNDLED_MODELS[0]
+    spec = importlib.util.find_spec(bundled.package)
+    assert spec is not None
+    assert spec.submodule_search_locations
+    return Path(next(iter(spec.submodule_search_locations))) / bundled.subfolder
+
+
+def _tokenizer():  # type: ignore[no-untyped-def]
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(bundled_minilm_path()))
+
+
+def _bert_config(**extra: object):  # type: ignore[no-untyped-def]
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        **extra,
+    )
+
+
+def build_st_embedder(dest: Path, seed: int = 0, max_seq_length: int = 128) -> Path:
+    """A sentence-transformers model: tiny BERT, mean pooling, Normalize."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    from transformers import BertModel
+
+    torch.manual_seed(seed)
+    raw = dest.with_name(dest.name + "-raw")
+    BertModel(_bert_config()).save_pretrained(raw)
+    _tokenizer().save_pretrained(raw)
+    transformer = Transformer(str(raw), max_seq_length=max_seq_length)
+    pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
+    SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu").save(str(dest))
+    shutil.rmtree(raw)
+    return dest
+
+
+def build_cross_encoder(dest: Path, labels: int = 1) -> Path:
+    import torch
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(1)
+    BertForSequenceClassification(_bert_config(num_labels=labels)).save_pretrained(dest)
+    _tokenizer().save_pretrained(dest)
+    return dest
+
+
+def build_chat_model(dest: Path) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(2)
+    config = LlamaConfig(
+        vocab_size=30522,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
+    LlamaForCausalLM(config).save_pretrained(dest)
+    tokenizer = _tokenizer()
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(dest)
+    return dest
+
+
+def as_hf_cache(source: Path, cache_root: Path, repo_id: str) -> Path:
+    """Lay ``source`` out as the HF hub cache does: blobs by hash, a snapshot of symlinks, refs/main."""
+    entry = cache_root / ("models--" + repo_id.replace("/", "--"))
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = entry / "snapshots" / revision
+    (entry / "blobs").mkdir(parents=True)
+    for file in sorted(p for p in source.rglob("*") if p.is_file()):
+        digest = hashlib.sha256(file.read_bytes()).hexdigest()
+        blob = entry / "blobs" / digest
+        if not blob.exists():
+            shutil.copyfile(file, blob)
+        link = snapshot / file.relative_to(source)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        depth = len(file.relative_to(source).parts) - 1
+        link.symlink_to(Path("../" * depth + "../../blobs") / digest)
+    (entry / "refs").mkdir()
+    (entry / "refs" / "main").write_text(revision)
+    # An older snapshot that refs/main does not point at must be ignored.
+    (entry / "snapshots" / "fedcba9876543210fedcba9876543210fedcba98").mkdir()
+    return entry
+
+
+def build_zoo(root: Path) -> Path:
+    """The models folder every test shares. Returns its path."""
+    root.mkdir(parents=True, exist_ok=True)
+    embed = build_st_embedder(root / "tiny-embed")
+    shutil.copytree(embed, root / "org" / "nested-embed")
+    shutil.copytree(embed, root / "disabled-embed")
+    shutil.copytree(embed, root / "as-reranker-by-yaml")
+    as_hf_cache(embed, root, "acme/tiny-hub-embed")
+
+    # Qwen3-Embedding's shape: a causal-LM architecture, but sentence-transformers files. Must be embedding.
+    qwen_like = shutil.copytree(embed, root / "Qwen3-Embedding-tiny")
+    config = json.loads((qwen_like / "config.json").read_text())
+    config["architectures"] = ["Qwen3ForCausalLM"]
+    (qwen_like / "config.json").write_text(json.dumps(config))
+
+    build_cross_encoder(root / "tiny-cross-encoder")
+    build_cross_encoder(root / "tiny-classifier", labels=3)
+    build_chat_model(root / "tiny-chat")
+
+    # A folder whose files are discoverable but whose weights are garbage: loading must fail cleanly.
+    corrupt = shutil.copytree(embed, root / "corrupt-embed")
+    (corrupt / "model.safetensors").write_bytes(b"this is not a safetensors file" * 100)
+
+    broken = root / "broken-config"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    (broken / "model.safetensors").write_bytes(b"x")
+    (root / "empty-folder").mkdir()
+    (root / "stray.gguf").write_bytes(b"GGUF")
+    (root / "models.yaml").write_text(MODELS_YAML)
+    return root

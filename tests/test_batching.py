@@ -1,0 +1,161 @@
+"""The batching queue with plain functions as the model: gathering, limits, cancellation, back-pressure."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from local_llm.engines.batching import BatchQueue
+from local_llm.errors import EngineUnavailableError, QueueFullError
+
+
+class Recorder:
+    """A 'model' that doubles numbers, takes ``delay`` seconds per batch and remembers each batch."""
+
+    def __init__(self, delay: float = 0.0, fail_on: int | None = None) -> None:
+        self.delay = delay
+        self.fail_on = fail_on
+        self.batches: list[list[int]] = []
+        self.threads: set[str] = set()
+
+    def __call__(self, batch: list[int]) -> list[int | Exception]:
+        self.batches.append(list(batch))
+        self.threads.add(threading.current_thread().name)
+        time.sleep(self.delay)
+        return [ValueError(f"bad {x}") if x == self.fail_on else x * 2 for x in batch]
+
+
+def run(coro_factory: Callable[[], object]) -> object:
+    return asyncio.run(coro_factory())  # type: ignore[arg-type]
+
+
+def make_queue(model: Recorder, **limits: int) -> BatchQueue[int, int]:
+    options = {"max_batch_items": 8, "max_batch_cost": 10_000, "max_queued": 1000} | limits
+    return BatchQueue("test", model, **options)
+
+
+def test_concurrent_requests_are_gathered_into_few_batches() -> None:
+    model = Recorder(delay=0.05)
+
+    async def scenario() -> list[list[int]]:
+        queue = make_queue(model, max_batch_items=64)
+        queue.start()
+        try:
+            return await asyncio.gather(*(queue.submit([i, i + 100], [1, 1]) for i in range(20)))
+        finally:
+            await queue.stop()
+
+    results = run(scenario)
+    assert results == [[2 * i, 2 * (i + 100)] for i in range(20)]
+    # The first request runs alone; the other 19 gather while it runs.
+    assert len(model.batches) <= 3
+    assert sorted(x for batch in model.batches for x in batch) == sorted([*range(20), *range(100, 120)])
+    assert all(name.startswith("batch-test") for name in model.threads)
+
+
+def test_batch_item_limit() -> None:
+    model = Recorder(delay=0.01)
+
+    async def scenario() -> None:
+        queue = make_queue(model, max_batch_items=4)
+        queue.start()
+        await asyncio.gather(*(queue.submit([i], [1]) for i in range(10)))
+        await queue.stop()
+
+    run(scenario)
+    assert max(len(b) for b in model.batches) <= 4
+    assert sum(len(b) for b in model.batches) == 10
+
+
+def test_padded_token_budget_keeps_long_inputs_apart() -> None:
+    model = Recorder(delay=0.01)
+
+    async def scenario() -> None:
+        queue = make_queue(model, max_batch_items=64, max_batch_cost=100)
+        queue.start()
+        # Ten inputs of 10 tokens fit one batch (10 x 10); one of 60 tokens pads any batch it joins.
+        await asyncio.gather(
+            queue.submit([0], [1]), queue.submit(list(range(1, 11)), [10] * 10), queue.submit([99], [60])
+        )
+        await queue.stop()
+
+    run(scenario)
+    for batch in model.batches:
+        longest = 60 if 99 in batch else (10 if any(1 <= x <= 10 for x in batch) else 1)
+        assert longest * len(batch) <= 100 or len(batch) == 1
+
+
+def test_one_failing_item_fails_only_its_request() -> None:
+    model = Recorder(delay=0.02, fail_on=7)
+
+    async def scenario() -> tuple[object, object]:
+        queue = make_queue(model)
+        queue.start()
+        ok, bad = await asyncio.gather(
+            queue.submit([1, 2], [1, 1]), queue.submit([7], [1]), return_exceptions=True
+        )
+        await queue.stop()
+        return ok, bad
+
+    ok, bad = run(scenario)  # type: ignore[misc]
+    assert ok == [2, 4]
+    assert isinstance(bad, ValueError)
+
+
+def test_cancelled_requests_never_reach_the_model() -> None:
+    model = Recorder(delay=0.1)
+
+    async def scenario() -> None:
+        queue = make_queue(model, max_batch_items=1)
+        queue.start()
+        first = asyncio.ensure_future(queue.submit([1], [1]))
+        await asyncio.sleep(0.02)  # the first batch is running
+        doomed = asyncio.ensure_future(queue.submit([666], [1]))
+        await asyncio.sleep(0.01)
+        doomed.cancel()
+        assert await first == [2]
+        assert await queue.submit([3], [1]) == [6]
+        await queue.stop()
+
+    run(scenario)
+    assert [666] not in model.batches
+
+
+def test_full_queue_answers_at_once() -> None:
+    model = Recorder(delay=0.2)
+
+    async def scenario() -> None:
+        queue = make_queue(model, max_batch_items=1, max_queued=3)
+        queue.start()
+        running = asyncio.ensure_future(queue.submit([1], [1]))
+        await asyncio.sleep(0.05)
+        waiting = asyncio.ensure_future(queue.submit([2, 3], [1, 1]))
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFullError) as caught:
+            await queue.submit([4, 5], [1, 1])
+        assert caught.value.retry_after_s
+        await asyncio.gather(running, waiting)
+        await queue.stop()
+
+    run(scenario)
+
+
+def test_stop_fails_queued_work_instead_of_leaving_it_hanging() -> None:
+    model = Recorder(delay=0.2)
+
+    async def scenario() -> None:
+        queue = make_queue(model, max_batch_items=1)
+        queue.start()
+        pending = [asyncio.ensure_future(queue.submit([i], [1])) for i in range(3)]
+        await asyncio.sleep(0.05)
+        await queue.stop()
+        outcomes = await asyncio.gather(*pending, return_exceptions=True)
+        assert all(isinstance(o, EngineUnavailableError) for o in outcomes)
+        with pytest.raises(EngineUnavailableError):
+            await queue.submit([9], [1])
+
+    run(scenario)

@@ -1,0 +1,76 @@
+"""The `local-llm` command as a user runs it, and settings precedence."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from local_llm.cli import build_parser, settings_from_args
+from local_llm.config import Settings
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "local_llm", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+        check=False,
+    )
+
+
+def test_models_lists_name_type_format_size_reason_and_skips(zoo: Path) -> None:
+    result = run_cli("models", "--models-dir", str(zoo))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:5] == ["NAME", "TYPE", "FORMAT", "SIZE", "WHY"]
+    row = next(line for line in lines if line.startswith("Qwen3-Embedding-tiny "))
+    for part in ("embedding", "safetensors", "MB", "modules.json"):
+        assert part in row
+    assert any(line.startswith("tiny-chat ") and " chat " in line for line in lines)
+    assert any(line.startswith("all-MiniLM-L6-v2 ") for line in lines)
+    assert "Skipped:" in result.stdout
+    assert "broken-config: config.json is unreadable" in result.stdout
+
+
+def test_models_without_a_folder_shows_the_bundled_model() -> None:
+    result = run_cli("models", env={"LLM_MODELS_DIR": ""})
+    assert result.returncode == 0, result.stderr
+    assert "all-MiniLM-L6-v2" in result.stdout
+
+
+def test_invalid_setting_is_a_clear_error() -> None:
+    result = run_cli("models", "--port", "not-a-port")
+    assert result.returncode == 2
+    assert "--port" in result.stderr
+    assert "LLM_PORT" in result.stderr
+
+
+def test_flags_beat_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLM_PORT", "1234")
+    monkeypatch.setenv("LLM_MODEL_CACHE_SIZE", "5")
+    monkeypatch.setenv("LLM_API_KEYS", "a, b")
+    args = build_parser().parse_args(["serve", "--port", "4321", "--no-auto-unload-models"])
+    settings = settings_from_args(args)
+    assert settings.port == 4321  # flag
+    assert settings.model_cache_size == 5  # environment
+    assert settings.auto_unload_models is False
+    assert settings.api_keys == ["a", "b"]
+
+
+def test_defaults_are_secure() -> None:
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.host == "127.0.0.1"
+    assert settings.port == 15530
+    assert settings.api_keys == []
+
+
+def test_every_setting_is_a_flag() -> None:
+    help_text = build_parser().parse_args(["serve"])  # parses with no flags
+    assert all(hasattr(help_text, name) for name in Settings.model_fields)

@@ -1,0 +1,295 @@
+"""/v1/embeddings over real HTTP on 127.0.0.1, with the openai SDK where it fits."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from conftest import RunningServer
+
+MINILM = "all-MiniLM-L6-v2"
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Retrieval-augmented generation grounds answers in your own documents.",
+    "今天天气很好，我们去公园散步吧。",
+    "向量数据库用于存储和检索文本嵌入。",
+    "A short one.",
+    "Embeddings map text to points where nearby points mean similar things, so search becomes geometry.",
+]
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def assert_parity(got: list[list[float]] | np.ndarray, expected: np.ndarray) -> None:
+    got_array = np.asarray(got, dtype=np.float32)
+    assert got_array.shape == expected.shape
+    for row, ref in zip(got_array, expected, strict=True):
+        assert cosine(row, ref) >= 0.9999
+
+
+def assert_error(
+    response: httpx.Response, status: int, param: str | None = None, code: str | None = None
+) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
+    if param is not None:
+        assert error["param"] == param
+    if code is not None:
+        assert error["code"] == code
+    return error
+
+
+# --- parity with sentence-transformers --------------------------------------------------------------------
+def test_two_inputs_give_two_384_dim_vectors_equal_to_sentence_transformers(openai_client, minilm) -> None:
+    result = openai_client.embeddings.create(model=MINILM, input=["a", "b"])
+    assert [d.index for d in result.data] == [0, 1]
+    assert all(len(d.embedding) == 384 for d in result.data)
+    assert_parity([d.embedding for d in result.data], minilm.encode(["a", "b"]))
+    assert result.model == MINILM
+    assert result.object == "list"
+
+
+def test_single_string_matches(openai_client, minilm) -> None:
+    result = openai_client.embeddings.create(model=MINILM, input=SENTENCES[1], encoding_format="float")
+    assert len(result.data) == 1
+    assert_parity([result.data[0].embedding], minilm.encode([SENTENCES[1]]))
+
+
+def test_batch_in_english_and_chinese_matches(openai_client, minilm) -> None:
+    result = openai_client.embeddings.create(model=MINILM, input=SENTENCES, encoding_format="float")
+    assert_parity([d.embedding for d in result.data], minilm.encode(SENTENCES))
+
+
+def test_concurrent_requests_each_get_their_own_vectors(server: RunningServer, minilm) -> None:
+    import openai
+
+    expected = minilm.encode(SENTENCES)
+
+    async def run() -> list[Any]:
+        client = openai.AsyncOpenAI(base_url=server.api, api_key="x", max_retries=0)
+        jobs = [
+            client.embeddings.create(
+                model=MINILM, input=[SENTENCES[i % 6], SENTENCES[(i + 1) % 6]], encoding_format="float"
+            )
+            for i in range(32)
+        ]
+        try:
+            return list(await asyncio.gather(*jobs))
+        finally:
+            await client.close()
+
+    for i, result in enumerate(asyncio.run(run())):
+        assert_parity([d.embedding for d in result.data], expected[[i % 6, (i + 1) % 6]])
+
+
+def test_sdk_default_base64_roundtrip_matches(openai_client, minilm) -> None:
+    """The openai SDK asks for base64 by default and decodes it itself."""
+    result = openai_client.embeddings.create(model=MINILM, input=SENTENCES[:3])
+    assert_parity([d.embedding for d in result.data], minilm.encode(SENTENCES[:3]))
+
+
+def test_base64_decodes_to_the_float_vectors(http: httpx.Client) -> None:
+    body = {"model": MINILM, "input": SENTENCES[:2]}
+    floats = http.post("/v1/embeddings", json=body).json()
+    encoded = http.post("/v1/embeddings", json={**body, "encoding_format": "base64"}).json()
+    for as_float, as_b64 in zip(floats["data"], encoded["data"], strict=True):
+        decoded = np.frombuffer(base64.b64decode(as_b64["embedding"]), dtype="<f4")
+        np.testing.assert_allclose(
+            decoded, np.asarray(as_float["embedding"], dtype=np.float32), rtol=0, atol=0
+        )
+
+
+def test_token_ids_embed_like_the_text_they_encode(http: httpx.Client, minilm) -> None:
+    ids = [minilm.tokenizer(text)["input_ids"] for text in SENTENCES[:3]]
+    single = http.post("/v1/embeddings", json={"model": MINILM, "input": ids[0]}).json()
+    many = http.post("/v1/embeddings", json={"model": MINILM, "input": ids}).json()
+    expected = minilm.encode(SENTENCES[:3])
+    assert_parity([single["data"][0]["embedding"]], expected[:1])
+    assert_parity([d["embedding"] for d in many["data"]], expected)
+    assert many["usage"]["prompt_tokens"] == sum(len(x) for x in ids)
+
+
+def test_usage_counts_real_tokens(http: httpx.Client, minilm) -> None:
+    response = http.post("/v1/embeddings", json={"model": MINILM, "input": SENTENCES}).json()
+    expected = sum(len(minilm.tokenizer(text)["input_ids"]) for text in SENTENCES)
+    assert response["usage"] == {"prompt_tokens": expected, "total_tokens": expected}
+
+
+def test_dimensions_truncate_and_renormalise_on_a_matryoshka_model(http: httpx.Client) -> None:
+    full = http.post("/v1/embeddings", json={"model": "tiny-embed", "input": SENTENCES[:3]}).json()
+    cut = http.post(
+        "/v1/embeddings", json={"model": "tiny-embed", "input": SENTENCES[:3], "dimensions": 8}
+    ).json()
+    for whole, short in zip(full["data"], cut["data"], strict=True):
+        head = np.asarray(whole["embedding"][:8])
+        got = np.asarray(short["embedding"])
+        assert got.shape == (8,)
+        np.testing.assert_allclose(got, head / np.linalg.norm(head), atol=1e-6)
+        assert np.linalg.norm(got) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_long_input_is_truncated_when_asked(http: httpx.Client, minilm) -> None:
+    long_text = "word " * 400
+    response = http.post(
+        "/v1/embeddings", json={"model": MINILM, "input": [long_text, "short"], "truncate": True}
+    )
+    assert response.status_code == 200
+    body = response.json()
+    assert body["usage"]["prompt_tokens"] == 256 + len(minilm.tokenizer("short")["input_ids"])
+    assert_parity([body["data"][0]["embedding"]], minilm.encode([long_text]))
+
+
+def test_aliases_and_every_layout_serve(http: httpx.Client) -> None:
+    for name in (
+        "sentence-transformers/all-MiniLM-L6-v2",
+        "tiny-embed-alias",
+        "tiny-hub-embed",
+        "acme/tiny-hub-embed",
+        "nested-renamed",
+        "org/nested-embed",
+        "Qwen3-Embedding-tiny",
+    ):
+        response = http.post("/v1/embeddings", json={"model": name, "input": "hello"})
+        assert response.status_code == 200, (name, response.text)
+        assert response.json()["model"] == name
+
+
+# --- errors: OpenAI shape, right status, and the server keeps serving -------------------------------------
+ERROR_CASES: list[tuple[str, Any, int, str | None, str | None]] = [
+    ("missing input", {"model": MINILM}, 400, "input", None),
+    ("missing model", {"input": "x"}, 400, "model", None),
+    ("input of the wrong type", {"model": MINILM, "input": 123}, 400, "input", None),
+    ("mixed strings and ids", {"model": MINILM, "input": [1, "a"]}, 400, "input", None),
+    ("nested wrong type", {"model": MINILM, "input": [[1, "a"]]}, 400, "input", None),
+    (
+        "unknown encoding_format",
+        {"model": MINILM, "input": "x", "encoding_format": "hex"},
+        400,
+        "encoding_format",
+        None,
+    ),
+    ("empty list", {"model": MINILM, "input": []}, 400, "input", None),
+    ("empty string", {"model": MINILM, "input": ""}, 400, "input", None),
+    ("empty string in list", {"model": MINILM, "input": ["a", ""]}, 400, "input", None),
+    ("empty token list", {"model": MINILM, "input": [[1, 2], []]}, 400, "input", None),
+    ("dimensions zero", {"model": "tiny-embed", "input": "x", "dimensions": 0}, 400, "dimensions", None),
+    (
+        "dimensions over the model's",
+        {"model": "tiny-embed", "input": "x", "dimensions": 33},
+        400,
+        "dimensions",
+        None,
+    ),
+    (
+        "dimensions on a non-Matryoshka model",
+        {"model": MINILM, "input": "x", "dimensions": 64},
+        400,
+        "dimensions",
+        None,
+    ),
+    ("token id outside the vocabulary", {"model": MINILM, "input": [101, 999999]}, 400, "input", None),
+    ("negative token id", {"model": MINILM, "input": [[101, -1]]}, 400, "input", None),
+    ("too many inputs", {"model": MINILM, "input": ["x"] * 65}, 400, "input", None),
+    (
+        "over the context",
+        {"model": MINILM, "input": ["word " * 400]},
+        400,
+        "input",
+        "context_length_exceeded",
+    ),
+    (
+        "token ids over the context",
+        {"model": MINILM, "input": [101] * 300},
+        400,
+        "input",
+        "context_length_exceeded",
+    ),
+    ("unknown model", {"model": "gpt-4", "input": "x"}, 404, "model", "model_not_found"),
+    ("path as a model name", {"model": "../../etc/passwd", "input": "x"}, 404, "model", "model_not_found"),
+    (
+        "absolute path as a model name",
+        {"model": "/etc/passwd", "input": "x"},
+        404,
+        "model",
+        "model_not_found",
+    ),
+    (
+        "folder path as a model name",
+        {"model": "org/../tiny-embed", "input": "x"},
+        404,
+        "model",
+        "model_not_found",
+    ),
+    ("chat model", {"model": "tiny-chat", "input": "x"}, 400, "model", "model_type_mismatch"),
+    ("reranker model", {"model": "tiny-cross-encoder", "input": "x"}, 400, "model", "model_type_mismatch"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "body", "status", "param", "code"), ERROR_CASES, ids=[c[0] for c in ERROR_CASES]
+)
+def test_bad_requests_get_openai_errors(
+    http: httpx.Client, case: str, body: Any, status: int, param: str | None, code: str | None
+) -> None:
+    assert_error(http.post("/v1/embeddings", json=body), status, param, code)
+
+
+def test_unknown_model_message_lists_served_models(http: httpx.Client) -> None:
+    error = assert_error(http.post("/v1/embeddings", json={"model": "nope", "input": "x"}), 404)
+    assert MINILM in error["message"]
+    assert "tiny-embed" in error["message"]
+
+
+@pytest.mark.parametrize(
+    "raw", [b"{not json", b'["a", "list"]', b'"a string"', b""], ids=["broken", "array", "string", "empty"]
+)
+def test_bodies_that_are_not_json_objects_get_400(http: httpx.Client, raw: bytes) -> None:
+    response = http.post("/v1/embeddings", content=raw, headers={"content-type": "application/json"})
+    assert_error(response, 400)
+
+
+def test_body_over_the_size_cap_gets_413(http: httpx.Client) -> None:
+    huge = {"model": MINILM, "input": ["x" * 1000] * 1200}  # about 1.2 MiB, cap is 1 MiB
+    assert_error(http.post("/v1/embeddings", json=huge), 413)
+
+
+def test_unknown_route_and_wrong_method_are_json(http: httpx.Client) -> None:
+    assert_error(http.post("/v1/nothing-here", json={}), 404)
+    assert_error(http.get("/v1/embeddings"), 405)
+
+
+def test_model_that_fails_to_load_gets_503_and_others_keep_serving(http: httpx.Client) -> None:
+    first = assert_error(
+        http.post("/v1/embeddings", json={"model": "corrupt-embed", "input": "x"}),
+        503,
+        code="model_load_failed",
+    )
+    assert "corrupt-embed" in first["message"]
+    # The next request retries the load (and fails again, with the reason), never hangs.
+    assert_error(
+        http.post("/v1/embeddings", json={"model": "corrupt-embed", "input": "x"}),
+        503,
+        code="model_load_failed",
+    )
+    card = http.get("/v1/models/corrupt-embed").json()
+    assert card["state"] == "failed"
+    assert card["error"]
+    assert http.post("/v1/embeddings", json={"model": MINILM, "input": "still here"}).status_code == 200
+
+
+def test_server_still_serves_after_every_error(http: httpx.Client, minilm) -> None:
+    for _, body, *_ in ERROR_CASES:
+        http.post("/v1/embeddings", json=body)
+    assert http.get("/health").json()["status"] == "ok"
+    response = http.post("/v1/embeddings", json={"model": MINILM, "input": SENTENCES[0]})
+    assert_parity([response.json()["data"][0]["embedding"]], minilm.encode([SENTENCES[0]]))

@@ -1,0 +1,176 @@
+"""Discovery and classification on folders the tests build (no server)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from local_llm.errors import ModelNotFoundError
+from local_llm.registry import ModelKind, ModelRegistry, WeightFormat
+from local_llm.registry.classify import UnservableFolder, classify
+from local_llm.registry.overrides import check_served_name
+
+
+@pytest.fixture(scope="module")
+def registry(zoo: Path) -> ModelRegistry:
+    return ModelRegistry.discover(zoo, include_bundled=True)
+
+
+def skipped_reason(registry: ModelRegistry, name: str) -> str:
+    matches = [s.reason for s in registry.skipped if s.path.name == name or str(s.path) == name]
+    assert matches, f"{name} not among skipped: {registry.skipped}"
+    return matches[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "reason_part"),
+    [
+        ("tiny-embed", ModelKind.EMBEDDING, "modules.json"),
+        ("Qwen3-Embedding-tiny", ModelKind.EMBEDDING, "sentence-transformers"),
+        ("tiny-cross-encoder", ModelKind.RERANKER, "one label"),
+        ("tiny-chat", ModelKind.CHAT, "with a chat template"),
+        ("as-reranker-by-yaml", ModelKind.RERANKER, "models.yaml"),
+        ("all-MiniLM-L6-v2", ModelKind.EMBEDDING, "modules.json"),
+    ],
+)
+def test_classification(registry: ModelRegistry, name: str, kind: ModelKind, reason_part: str) -> None:
+    spec = registry.get(name)
+    assert spec.kind is kind
+    assert reason_part in spec.reason
+    assert spec.weight_format is WeightFormat.SAFETENSORS
+    assert spec.size_bytes > 0
+
+
+def test_hf_cache_layout_uses_the_snapshot_refs_main_names(registry: ModelRegistry) -> None:
+    spec = registry.get("tiny-hub-embed")
+    assert spec.path.name == "0123456789abcdef0123456789abcdef01234567"
+    assert spec.aliases == ("acme/tiny-hub-embed",)
+    assert spec.source == "hf-cache"
+    # Sizes follow the snapshot's symlinks into blobs/.
+    assert spec.size_bytes == registry.get("tiny-embed").size_bytes
+
+
+def test_overrides_rename_alias_disable(registry: ModelRegistry) -> None:
+    nested = registry.get("nested-renamed")
+    assert nested.path.parts[-2:] == ("org", "nested-embed")
+    assert registry.get("org/nested-embed") is nested
+    assert registry.get("tiny-embed-alias") is registry.get("tiny-embed")
+    assert registry.get("tiny-embed").options.matryoshka
+    assert not registry.get("all-MiniLM-L6-v2").options.matryoshka
+    assert "disabled" in skipped_reason(registry, "disabled-embed")
+    assert "no such model folder" in skipped_reason(registry, "no-such-folder")
+
+
+def test_broken_and_unknown_folders_are_reported_not_fatal(registry: ModelRegistry) -> None:
+    assert "unreadable" in skipped_reason(registry, "broken-config")
+    assert "no config.json" in skipped_reason(registry, "empty-folder")
+    assert "GGUF" in skipped_reason(registry, "stray.gguf")
+    assert "3 labels" in skipped_reason(registry, "tiny-classifier")
+
+
+def test_trust_remote_code_is_off_unless_the_operator_sets_it(registry: ModelRegistry) -> None:
+    assert not any(spec.options.trust_remote_code for spec in registry.models)
+
+
+@pytest.mark.parametrize(
+    "name", ["../tiny-embed", "/etc/passwd", "tiny-embed/../tiny-chat", "org/../tiny-embed", ""]
+)
+def test_names_are_never_paths(registry: ModelRegistry, name: str) -> None:
+    with pytest.raises(ModelNotFoundError):
+        registry.get(name)
+
+
+@pytest.mark.parametrize("name", ["../x", "/abs", "a/b/c", "a\\b", "x/..", ".hidden"])
+def test_invalid_served_names_are_refused(name: str) -> None:
+    with pytest.raises(ValueError, match="not a valid model name"):
+        check_served_name(name)
+
+
+def test_invalid_models_yaml_is_reported_and_discovery_goes_on(zoo: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "models"
+    shutil.copytree(zoo / "tiny-embed", folder / "tiny-embed")
+    (folder / "models.yaml").write_text("models:\n  tiny-embed:\n    typo_field: 1\n    name: ../escape\n")
+    registry = ModelRegistry.discover(folder, include_bundled=False)
+    assert [m.name for m in registry.models] == ["tiny-embed"]
+    reason = skipped_reason(registry, "models.yaml")
+    assert "typo_field" in reason
+    assert "not a valid model name" in reason
+
+
+def test_duplicate_names_keep_the_first(zoo: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "models"
+    shutil.copytree(zoo / "tiny-embed", folder / "a" / "same")
+    shutil.copytree(zoo / "tiny-embed", folder / "b" / "same")
+    registry = ModelRegistry.discover(folder, include_bundled=False)
+    assert [m.name for m in registry.models] == ["same"]
+    assert "already served" in registry.skipped[0].reason
+
+
+def test_user_folder_wins_over_bundled_name(zoo: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "models"
+    shutil.copytree(zoo / "tiny-embed", folder / "all-MiniLM-L6-v2")
+    registry = ModelRegistry.discover(folder, include_bundled=True)
+    assert registry.get("all-MiniLM-L6-v2").path == folder / "all-MiniLM-L6-v2"
+
+
+def test_missing_models_dir_is_reported(tmp_path: Path) -> None:
+    registry = ModelRegistry.discover(tmp_path / "nope", include_bundled=False)
+    assert registry.models == ()
+    assert "does not exist" in registry.skipped[0].reason
+
+
+def _folder(tmp_path: Path, config: dict | None, files: dict[str, str] | None = None) -> Path:
+    folder = tmp_path / "m"
+    folder.mkdir()
+    if config is not None:
+        (folder / "config.json").write_text(json.dumps(config))
+    for name, text in (files or {}).items():
+        (folder / name).write_text(text)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("config", "files", "name", "kind"),
+    [
+        ({"architectures": ["Qwen2ForCausalLM"]}, {}, "whatever", ModelKind.CHAT),
+        ({"architectures": ["Qwen3ForCausalLM"]}, {}, "Qwen3-Reranker-0.6B", ModelKind.RERANKER),
+        (
+            {"architectures": ["Qwen3ForCausalLM"]},
+            {"modules.json": "[]"},
+            "Qwen3-Embedding-0.6B",
+            ModelKind.EMBEDDING,
+        ),
+        ({"architectures": ["XLMRobertaModel"]}, {}, "bge-m3", ModelKind.EMBEDDING),
+        (
+            {"architectures": ["XLMRobertaForSequenceClassification"], "id2label": {"0": "LABEL_0"}},
+            {},
+            "x",
+            ModelKind.RERANKER,
+        ),
+        (
+            {},
+            {"config_sentence_transformers.json": '{"model_type": "CrossEncoder"}', "modules.json": "[]"},
+            "x",
+            ModelKind.RERANKER,
+        ),
+        ({"model_type": "bert"}, {}, "my-embedding-model", ModelKind.EMBEDDING),
+    ],
+)
+def test_classification_rules(tmp_path: Path, config: dict, files: dict, name: str, kind: ModelKind) -> None:
+    assert classify(_folder(tmp_path, config, files), name).kind is kind
+
+
+@pytest.mark.parametrize(
+    ("config", "files", "why"),
+    [
+        ({"architectures": ["BertForTokenClassification"]}, {}, "not a chat, embedding or reranker"),
+        ({"model_type": "bert"}, {}, "no hint"),
+        (None, {"config_sentence_transformers.json": '{"model_type": "SparseEncoder"}'}, "SparseEncoder"),
+    ],
+)
+def test_unservable_folders_say_why(tmp_path: Path, config: dict | None, files: dict, why: str) -> None:
+    with pytest.raises(UnservableFolder, match=why):
+        classify(_folder(tmp_path, config, files), "plain-name")
