@@ -74,3 +74,21 @@ def test_defaults_are_secure() -> None:
 def test_every_setting_is_a_flag() -> None:
     help_text = build_parser().parse_args(["serve"])  # parses with no flags
     assert all(hasattr(help_text, name) for name in Settings.model_fields)
+
+
+def test_readme_settings_table_is_current() -> None:
+    from local_llm.config import settings_table
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    assert settings_table() in readme, (
+        "regenerate the README's settings table from local_llm.config.settings_table()"
+    )
+
+
+def test_readme_opens_with_the_two_commands_ci_runs() -> None:
+    root = Path(__file__).parent.parent
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    first_block = readme.split("```bash\n", 1)[1].split("```", 1)[0]
+    assert first_block.splitlines()[0].startswith("make serve")
+    assert first_block.splitlines()[1].startswith("make test")
+    assert "make test" in (root / ".ci" / "run").read_text()

@@ -76,7 +76,7 @@ class Settings(BaseSettings):
         None, ge=0, description="Force offload for models whose weights exceed this many GB. (planned)"
     )
     available_gpu_memory_gb: float | None = Field(
-        None, gt=0, description="Cap on the GPU memory the server may use, for a shared GPU. (planned)"
+        None, gt=0, description="Cap on the GPU memory placement plans with, for a shared GPU (e.g. 8)."
     )
     gpu_memory_utilization: float = Field(
         0.9, gt=0, le=1, description="Fraction of GPU memory vLLM may reserve. (planned: chat)"
@@ -105,3 +105,20 @@ class Settings(BaseSettings):
     @property
     def max_request_body_bytes(self) -> int:
         return int(self.max_request_body_mb * 1024 * 1024)
+
+
+def settings_table() -> str:
+    """The README's settings table, generated so docs and code cannot drift (a test compares them)."""
+    rows = ["| Environment variable | CLI flag | Default | What it does |", "|---|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default_factory() if field.default_factory is not None else field.default  # type: ignore[call-arg]
+        shown = (
+            "(none)"
+            if default in (None, [])
+            else f"`{str(default).lower() if isinstance(default, bool) else default}`"
+        )
+        flag = f"--{name.replace('_', '-')}"
+        if field.annotation is bool:
+            flag += f" / --no-{name.replace('_', '-')}"
+        rows.append(f"| `LLM_{name.upper()}` | `{flag}` | {shown} | {field.description} |")
+    return "\n".join(rows)

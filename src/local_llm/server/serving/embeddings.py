@@ -72,7 +72,7 @@ def _as_input_list(value: str | list[str] | list[int] | list[list[int]]) -> list
     if isinstance(value, str):
         return [value]
     if value and isinstance(value[0], int):
-        return [list(value)]  # type: ignore[arg-type]  # a single list of token ids
+        return [list(value)]  # a single list of token ids
     return list(value)  # type: ignore[arg-type]  # pydantic validated: all strings or all id lists
 
 
