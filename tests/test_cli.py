@@ -92,3 +92,10 @@ def test_readme_opens_with_the_two_commands_ci_runs() -> None:
     assert first_block.splitlines()[0].startswith("make serve")
     assert first_block.splitlines()[1].startswith("make test")
     assert "make test" in (root / ".ci" / "run").read_text()
+
+
+def test_empty_models_dir_means_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLM_MODELS_DIR", "")
+    assert Settings().models_dir is None
+    monkeypatch.setenv("LLM_MODELS_DIR", "~/models")
+    assert Settings().models_dir == Path.home() / "models"

@@ -97,10 +97,13 @@ class Settings(BaseSettings):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
 
-    @field_validator("models_dir", mode="after")
+    @field_validator("models_dir", mode="before")
     @classmethod
-    def _expand_models_dir(cls, value: Path | None) -> Path | None:
-        return value.expanduser() if value is not None else None
+    def _expand_models_dir(cls, value: object) -> object:
+        """An empty value means no folder (not the current directory); ``~`` is expanded."""
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        return Path(str(value)).expanduser()
 
     @property
     def max_request_body_bytes(self) -> int:

