@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import IO
 
 import httpx
 import numpy as np
@@ -152,8 +152,9 @@ def machine_line(infinity_versions: dict[str, str] | None) -> str:
     )
     if infinity_versions:
         line += (
-            f". infinity-emb {infinity_versions['infinity-emb']} in its own venv: torch "
-            f"{infinity_versions['torch']}, sentence-transformers {infinity_versions['sentence-transformers']}, "
+            f". infinity-emb {infinity_versions['infinity-emb']} in its own venv: "
+            f"torch {infinity_versions['torch']}, "
+            f"sentence-transformers {infinity_versions['sentence-transformers']}, "
             f"transformers {infinity_versions['transformers']}"
         )
     return line
@@ -190,19 +191,25 @@ def measure_ceiling(
     for batch_size in batch_sizes:
         started = time.perf_counter()
         for _ in range(repeat):
-            vectors = model.encode(texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
+            vectors = model.encode(
+                texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False
+            )
         elapsed = time.perf_counter() - started
         rows.append(Result(f"raw ST, batch {batch_size}", len(texts) * repeat, elapsed))
-        print(f"  raw encode, batch_size={batch_size:>3}: {rows[-1].per_second:7.1f} embeddings/s", flush=True)
+        print(
+            f"  raw encode, batch_size={batch_size:>3}: {rows[-1].per_second:7.1f} embeddings/s", flush=True
+        )
 
     started = time.perf_counter()
     for _ in range(repeat):
         for start in range(0, len(texts), server_batch):
-            model.encode(texts[start : start + server_batch], batch_size=server_batch, show_progress_bar=False)
+            model.encode(
+                texts[start : start + server_batch], batch_size=server_batch, show_progress_bar=False
+            )
     server_style = Result(
         f"raw ST, unsorted {server_batch}-text batches", len(texts) * repeat, time.perf_counter() - started
     )
-    print(f"  raw encode, {server_batch} texts a call in corpus order: {server_style.per_second:7.1f} embeddings/s")
+    print(f"  raw encode, {server_batch} texts a call in corpus order: {server_style.per_second:7.1f} emb/s")
     del model
     return CeilingRun(rows, server_style, np.asarray(vectors, dtype=np.float32), token_counts)
 
@@ -284,7 +291,9 @@ def child_env() -> dict[str, str]:
 
 def notable_lines(path: Path, limit: int = 12) -> list[str]:
     """Lines of a server log worth a look: warnings, errors, and the load/warm-up reports."""
-    pattern = re.compile(r"WARN|ERROR|Traceback|Exception|ready|embeddings/sec|warmed|bettertransformer|compile")
+    pattern = re.compile(
+        r"WARN|ERROR|Traceback|Exception|ready|embeddings/sec|warmed|bettertransformer|compile"
+    )
     text = path.read_text(errors="replace")
     return [line.strip() for line in text.splitlines() if pattern.search(line)][:limit]
 
@@ -335,7 +344,13 @@ class Load:
 
 
 async def drive(
-    base_url: str, route: str, texts: list[str], warmup_texts: list[str], load: Load, dimension: int, name: str
+    base_url: str,
+    route: str,
+    texts: list[str],
+    warmup_texts: list[str],
+    load: Load,
+    dimension: int,
+    name: str,
 ) -> tuple[Result, np.ndarray]:
     """``load.clients`` tasks share one connection pool and a queue of K-text slices of the corpus.
 
@@ -347,7 +362,10 @@ async def drive(
     vectors = np.full((len(texts), dimension), np.nan, dtype=np.float32)
     latencies: list[float] = []
     errors: list[str] = []
-    slices = iter([(rep, start) for rep in range(load.repeat) for start in range(0, len(texts), load.per_request)])
+    embedded = 0
+    slices = iter(
+        [(rep, start) for rep in range(load.repeat) for start in range(0, len(texts), load.per_request)]
+    )
 
     async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=httpx.Timeout(300.0)) as client:
 
@@ -371,6 +389,7 @@ async def drive(
             )
 
         async def client_task() -> None:
+            nonlocal embedded
             for rep, start in slices:
                 batch = texts[start : start + load.per_request]
                 sent = time.perf_counter()
@@ -380,6 +399,7 @@ async def drive(
                     errors.append(f"{type(exc).__name__}: {exc}")
                     continue
                 latencies.append((time.perf_counter() - sent) * 1000)
+                embedded += len(rows)
                 if rep == 0:
                     vectors[start : start + len(batch)] = rows
 
@@ -389,9 +409,7 @@ async def drive(
 
     if errors:
         print(f"  {len(errors)} requests to {name} failed; first: {errors[0]}", file=sys.stderr)
-    done = len(latencies) * load.per_request  # the last slice may be short; close enough for a count
-    done = min(done, len(texts) * load.repeat)
-    return Result(name, done, elapsed, latencies, errors=len(errors)), vectors
+    return Result(name, embedded, elapsed, latencies, errors=len(errors)), vectors
 
 
 def min_cosine(vectors: np.ndarray, reference: np.ndarray) -> float:
@@ -414,9 +432,11 @@ def run_server_phase(
     warmup_texts: list[str],
     load: Load,
     reference: np.ndarray,
-) -> tuple[Result, list[str]]:
+    extra_env: dict[str, str] | None = None,
+) -> Result:
+    """Start one server, drive the load through it, stop it; print its figures and notable log lines."""
     print(f"\n{name} (1-min load average before: {load_average():.2f})", flush=True)
-    with running_server(name, argv, port, log_path, child_env()):
+    with running_server(name, argv, port, log_path, {**child_env(), **(extra_env or {})}):
         result, vectors = asyncio.run(
             drive(f"http://127.0.0.1:{port}", route, texts, warmup_texts, load, reference.shape[1], name)
         )
@@ -427,11 +447,13 @@ def run_server_phase(
         f"p50 {p50 or 0:.0f} ms, p99 {p99 or 0:.0f} ms, min cosine vs raw {result.min_cosine:.6f}"
     )
     if not result.min_cosine >= MIN_COSINE:
-        print(f"  WARNING: {name}'s vectors differ from the raw model's (cosine < {MIN_COSINE})", file=sys.stderr)
-    notes = notable_lines(log_path)
-    for line in notes:
+        print(
+            f"  WARNING: {name}'s vectors differ from the raw model's (cosine < {MIN_COSINE})",
+            file=sys.stderr,
+        )
+    for line in notable_lines(log_path):
         print(f"  | {line}")
-    return result, notes
+    return result
 
 
 # --- report ----------------------------------------------------------------------------------------
@@ -449,15 +471,17 @@ def table(rows: list[Result], raw: Result) -> str:
         failed = str(row.errors) if row.latencies_ms or row.errors else "–"
         lines.append(
             f"| {row.name} | {fmt(row.per_second, 1)} | {row.per_second / raw.per_second:.2f} "
-            f"| {fmt(row.requests_per_second, 1)} | {fmt(row.percentile_ms(50))} | {fmt(row.percentile_ms(99))} "
-            f"| {cosine} | {failed} |"
+            f"| {fmt(row.requests_per_second, 1)} | {fmt(row.percentile_ms(50))} "
+            f"| {fmt(row.percentile_ms(99))} | {cosine} | {failed} |"
         )
     return "\n".join(lines)
 
 
 def verdicts(ours: Result, raw: Result, infinity: Result | None) -> list[str]:
     vs_raw = ours.per_second / raw.per_second
-    lines = [f"ours / raw = {vs_raw:.2f} (goal ≥ {GOAL_VS_RAW}: {'met' if vs_raw >= GOAL_VS_RAW else 'NOT met'})"]
+    lines = [
+        f"ours / raw = {vs_raw:.2f} (goal ≥ {GOAL_VS_RAW}: {'met' if vs_raw >= GOAL_VS_RAW else 'NOT met'})"
+    ]
     if infinity is not None and infinity.per_second > 0:
         vs_inf = ours.per_second / infinity.per_second
         met = "met" if vs_inf >= GOAL_VS_INFINITY else "NOT met"
@@ -502,7 +526,11 @@ def write_docs(section: str) -> None:
             text = text.rstrip("\n") + "\n\n" + section + "\n"
     else:
         DOCS.parent.mkdir(parents=True, exist_ok=True)
-        text = "# Benchmarks\n\nEach section names its machine and the command that reproduces it.\n\n" + section + "\n"
+        text = (
+            "# Benchmarks\n\nEach section names its machine and the command that reproduces it.\n\n"
+            + section
+            + "\n"
+        )
     DOCS.write_text(text)
     print(f"\nwrote {DOCS.relative_to(REPO)}")
 
@@ -523,13 +551,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--server-batch-size",
         type=int,
         default=32,
-        help="batch size of both servers: ours via LLM_EMBEDDING_BATCH_SIZE, infinity's --batch-size (default 32, "
-        "both servers' default)",
+        help="largest batch of both servers: ours via LLM_EMBEDDING_BATCH_SIZE, infinity's --batch-size "
+        "(default 32, the default of both)",
     )
     parser.add_argument("--skip-infinity", action="store_true", help="leave infinity-emb out")
-    parser.add_argument("--write-docs", action="store_true", help="write the Embeddings section of docs/benchmarks.md")
     parser.add_argument(
-        "--port-base", type=int, default=18650, help="our server on this port, infinity-emb on the next (default 18650)"
+        "--write-docs", action="store_true", help="write the Embeddings section of docs/benchmarks.md"
+    )
+    parser.add_argument(
+        "--port-base",
+        type=int,
+        default=18650,
+        help="our server on this port, infinity-emb on the next (default 18650)",
     )
     args = parser.parse_args(argv)
     for name in ("clients", "inputs_per_request", "repeat", "corpus_size", "server_batch_size"):
@@ -570,28 +603,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     ceiling = measure_ceiling(folder, texts, batch_sizes, args.repeat, args.server_batch_size)
     tokens = np.asarray(ceiling.token_counts)
     if tokens.max() > 256:
-        raise SystemExit(f"a corpus text has {tokens.max()} tokens, over the model's 256: fix benchmarks/corpus.py")
-    raw = ceiling.best
-    raw.name = f"raw SentenceTransformer.encode (best: {raw.name.rsplit(' ', 1)[-1]})"
-
-    ours_env = {"LLM_EMBEDDING_BATCH_SIZE": str(args.server_batch_size)}
-    ours_argv = [str(OUR_SERVER), "serve", "--port", str(args.port_base), "--log-level", "info"]
-    os.environ.update(ours_env)
-    try:
-        ours, ours_notes = run_server_phase(
-            "our server (local-llm serve)",
-            ours_argv,
-            args.port_base,
-            "/v1/embeddings",
-            logs / "local-llm.log",
-            texts,
-            warmup_texts,
-            load,
-            ceiling.vectors,
+        raise SystemExit(
+            f"a corpus text has {tokens.max()} tokens, over the model's 256: fix benchmarks/corpus.py"
         )
-    finally:
-        for key in ours_env:
-            os.environ.pop(key, None)
+    raw = ceiling.best
+    raw.name = (
+        f"raw SentenceTransformer.encode, batch {raw.name.rsplit(' ', 1)[-1]} (best of {args.batch_sizes})"
+    )
+
+    ours = run_server_phase(
+        "our server (local-llm serve)",
+        [str(OUR_SERVER), "serve", "--port", str(args.port_base), "--log-level", "info"],
+        args.port_base,
+        "/v1/embeddings",
+        logs / "local-llm.log",
+        texts,
+        warmup_texts,
+        load,
+        ceiling.vectors,
+        {"LLM_EMBEDDING_BATCH_SIZE": str(args.server_batch_size)},
+    )
 
     infinity: Result | None = None
     if inf_python is not None:
@@ -620,7 +651,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "--no-bettertransformer",
             "--no-compile",
         ]
-        infinity, _ = run_server_phase(
+        infinity = run_server_phase(
             "infinity-emb",
             infinity_argv,
             port,
@@ -638,8 +669,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     workload = (
         f"{len(texts)} distinct RAG-style chunks from `benchmarks/corpus.py` (English, Chinese and mixed; "
         f"{tokens.min()}–{tokens.max()} tokens, median {np.median(tokens):.0f}, mean {tokens.mean():.0f}), "
-        f"embedded {args.repeat}× by {args.clients} concurrent clients sending {args.inputs_per_request} texts "
-        f"a request; all-MiniLM-L6-v2 in float32 on the CPU; servers batch up to {args.server_batch_size} texts"
+        f"embedded {args.repeat}× by {args.clients} concurrent clients sending "
+        f"{args.inputs_per_request} texts a request; all-MiniLM-L6-v2 in float32 on the CPU; "
+        f"servers batch up to {args.server_batch_size} texts"
     )
     machine = machine_line(inf_versions)
     print("\n" + table_md + "\n")
@@ -666,7 +698,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 explanation=explanation,
             )
         )
-    del ours_notes
     return 0
 
 

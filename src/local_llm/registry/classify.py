@@ -148,6 +148,8 @@ def classify(folder: Path, name: str) -> Classification:
     if architecture:
         raise UnservableFolder(f"architecture {architecture} is not a chat, embedding or reranker model")
 
+    if config is not None and has_chat_template(folder):
+        return Classification(ModelKind.CHAT, "no architecture in config.json, but a chat template")
     hinted = _name_hint(name)
     if hinted is not None:
         return Classification(hinted, f"no architecture in config.json; the name suggests {hinted.value}")
