@@ -51,6 +51,7 @@ from typing import IO
 
 import httpx
 import numpy as np
+import psutil
 
 # benchmarks/ is sys.path[0] when this file runs as a script.
 from corpus import build_corpus
@@ -86,6 +87,10 @@ class Result:
     latencies_ms: list[float] = field(default_factory=list)
     errors: int = 0
     min_cosine: float | None = None
+    # CPU accounting over the timed part: the process doing the embedding (the server, or this one for
+    # raw rows), and everything else on the machine (other users' jobs), in cores on average.
+    engine_cpu_s: float | None = None
+    others_cores: float | None = None
 
     @property
     def per_second(self) -> float:
@@ -97,6 +102,54 @@ class Result:
 
     def percentile_ms(self, q: float) -> float | None:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else None
+
+    @property
+    def cpu_ms_per_embedding(self) -> float | None:
+        if self.engine_cpu_s is None or not self.embeddings:
+            return None
+        return self.engine_cpu_s * 1000 / self.embeddings
+
+
+class CpuMeter:
+    """CPU time of the engine process, of this one, and of the rest of the machine, over a span.
+
+    Why: the machine is shared (tests, type checkers), and two cores leave no headroom, so a
+    throughput figure means little without knowing what else ran. CPU-seconds per embedding of
+    the engine process is also the figure least disturbed by such neighbours.
+    """
+
+    def __init__(self, engine_pid: int) -> None:
+        me = psutil.Process()
+        self._engine = me if engine_pid == me.pid else psutil.Process(engine_pid)
+        self._me = me
+        self._start = self._sample()
+        self._started = time.perf_counter()
+
+    @staticmethod
+    def _busy() -> float:
+        t = psutil.cpu_times()
+        return float(t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0))
+
+    def _process_cpu(self, process: psutil.Process) -> float:
+        total = 0.0
+        for proc in (process, *process.children(recursive=True)):
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                total += times.user + times.system
+        return total
+
+    def _sample(self) -> tuple[float, float, float]:
+        engine = self._process_cpu(self._engine)
+        me = engine if self._engine is self._me else self._me.cpu_times().user + self._me.cpu_times().system
+        return self._busy(), engine, me
+
+    def stop(self, result: Result) -> None:
+        """Fill ``result``'s CPU fields with what was used since this meter was made."""
+        busy, engine, me = (b - a for a, b in zip(self._start, self._sample(), strict=True))
+        wall = time.perf_counter() - self._started
+        ours = engine if self._engine is self._me else engine + me
+        result.engine_cpu_s = engine
+        result.others_cores = max(0.0, busy - ours) / wall if wall > 0 else None
 
 
 @dataclass
@@ -189,6 +242,7 @@ def measure_ceiling(
     rows: list[Result] = []
     vectors = np.empty(0)
     for batch_size in batch_sizes:
+        meter = CpuMeter(os.getpid())
         started = time.perf_counter()
         for _ in range(repeat):
             vectors = model.encode(
@@ -196,10 +250,10 @@ def measure_ceiling(
             )
         elapsed = time.perf_counter() - started
         rows.append(Result(f"raw ST, batch {batch_size}", len(texts) * repeat, elapsed))
-        print(
-            f"  raw encode, batch_size={batch_size:>3}: {rows[-1].per_second:7.1f} embeddings/s", flush=True
-        )
+        meter.stop(rows[-1])
+        report(rows[-1])
 
+    meter = CpuMeter(os.getpid())
     started = time.perf_counter()
     for _ in range(repeat):
         for start in range(0, len(texts), server_batch):
@@ -209,7 +263,8 @@ def measure_ceiling(
     server_style = Result(
         f"raw ST, unsorted {server_batch}-text batches", len(texts) * repeat, time.perf_counter() - started
     )
-    print(f"  raw encode, {server_batch} texts a call in corpus order: {server_style.per_second:7.1f} emb/s")
+    meter.stop(server_style)
+    report(server_style)
     del model
     return CeilingRun(rows, server_style, np.asarray(vectors, dtype=np.float32), token_counts)
 
@@ -351,6 +406,7 @@ async def drive(
     load: Load,
     dimension: int,
     name: str,
+    server_pid: int,
 ) -> tuple[Result, np.ndarray]:
     """``load.clients`` tasks share one connection pool and a queue of K-text slices of the corpus.
 
@@ -381,12 +437,18 @@ async def drive(
         # Warm-up, untimed: opens every connection, loads the model (ours loads on first use) and
         # runs a few full batches, with texts that are not the corpus's.
         for _ in range(2):
-            await asyncio.gather(
+            outcomes = await asyncio.gather(
                 *(
                     post(warmup_texts[(i * load.per_request) % len(warmup_texts) :][: load.per_request])
                     for i in range(load.clients)
-                )
+                ),
+                return_exceptions=True,
             )
+            failures = [o for o in outcomes if isinstance(o, BaseException)]
+            if len(failures) == len(outcomes):
+                raise RuntimeError(f"every warm-up request to {name} failed") from failures[0]
+            if failures:
+                print(f"  warm-up: {len(failures)} of {len(outcomes)} requests failed: {failures[0]}")
 
         async def client_task() -> None:
             nonlocal embedded
@@ -403,13 +465,16 @@ async def drive(
                 if rep == 0:
                     vectors[start : start + len(batch)] = rows
 
+        meter = CpuMeter(server_pid)
         started = time.perf_counter()
         await asyncio.gather(*(client_task() for _ in range(load.clients)))
         elapsed = time.perf_counter() - started
+        result = Result(name, embedded, elapsed, latencies, errors=len(errors))
+        meter.stop(result)
 
     if errors:
         print(f"  {len(errors)} requests to {name} failed; first: {errors[0]}", file=sys.stderr)
-    return Result(name, embedded, elapsed, latencies, errors=len(errors)), vectors
+    return result, vectors
 
 
 def min_cosine(vectors: np.ndarray, reference: np.ndarray) -> float:
@@ -436,16 +501,13 @@ def run_server_phase(
 ) -> Result:
     """Start one server, drive the load through it, stop it; print its figures and notable log lines."""
     print(f"\n{name} (1-min load average before: {load_average():.2f})", flush=True)
-    with running_server(name, argv, port, log_path, {**child_env(), **(extra_env or {})}):
+    with running_server(name, argv, port, log_path, {**child_env(), **(extra_env or {})}) as server:
+        base_url = f"http://127.0.0.1:{port}"
         result, vectors = asyncio.run(
-            drive(f"http://127.0.0.1:{port}", route, texts, warmup_texts, load, reference.shape[1], name)
+            drive(base_url, route, texts, warmup_texts, load, reference.shape[1], name, server.pid)
         )
     result.min_cosine = min_cosine(vectors, reference)
-    p50, p99 = result.percentile_ms(50), result.percentile_ms(99)
-    print(
-        f"  {result.per_second:.1f} embeddings/s, {result.requests_per_second or 0:.1f} requests/s, "
-        f"p50 {p50 or 0:.0f} ms, p99 {p99 or 0:.0f} ms, min cosine vs raw {result.min_cosine:.6f}"
-    )
+    report(result)
     if not result.min_cosine >= MIN_COSINE:
         print(
             f"  WARNING: {name}'s vectors differ from the raw model's (cosine < {MIN_COSINE})",
@@ -461,10 +523,28 @@ def fmt(value: float | None, digits: int = 0) -> str:
     return "–" if value is None else f"{value:,.{digits}f}"
 
 
+def report(result: Result) -> None:
+    """One line per measurement as it finishes, so a long run shows progress."""
+    parts = [f"{result.name}: {result.per_second:.1f} embeddings/s"]
+    if result.latencies_ms:
+        parts.append(
+            f"{result.requests_per_second or 0:.1f} requests/s, p50 {result.percentile_ms(50):.0f} ms, "
+            f"p99 {result.percentile_ms(99):.0f} ms"
+        )
+    parts.append(
+        f"{fmt(result.cpu_ms_per_embedding, 1)} CPU ms/embedding, others' load {fmt(result.others_cores, 2)}"
+    )
+    if result.min_cosine is not None:
+        parts.append(f"min cosine vs raw {result.min_cosine:.6f}")
+    print("  " + ", ".join(parts), flush=True)
+
+
 def table(rows: list[Result], raw: Result) -> str:
+    """Markdown. CPU ms/embedding is the embedding process's own; "others" is the rest of the machine."""
     lines = [
-        "| | embeddings/s | vs raw | requests/s | p50 ms | p99 ms | min cosine vs raw | failed requests |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| | embeddings/s | vs raw | requests/s | p50 ms | p99 ms | CPU ms / embedding | others' load "
+        "(cores) | min cosine vs raw | failed requests |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         cosine = "–" if row.min_cosine is None else f"{row.min_cosine:.5f}"
@@ -472,7 +552,8 @@ def table(rows: list[Result], raw: Result) -> str:
         lines.append(
             f"| {row.name} | {fmt(row.per_second, 1)} | {row.per_second / raw.per_second:.2f} "
             f"| {fmt(row.requests_per_second, 1)} | {fmt(row.percentile_ms(50))} "
-            f"| {fmt(row.percentile_ms(99))} | {cosine} | {failed} |"
+            f"| {fmt(row.percentile_ms(99))} | {fmt(row.cpu_ms_per_embedding, 1)} "
+            f"| {fmt(row.others_cores, 2)} | {cosine} | {failed} |"
         )
     return "\n".join(lines)
 

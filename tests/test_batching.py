@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from local_llm.engines.batching import BatchQueue
+from local_llm.engines.batching import BatchQueue, plan_forward_passes
 from local_llm.errors import EngineUnavailableError, QueueFullError
 
 
@@ -71,22 +71,27 @@ def test_batch_item_limit() -> None:
     assert sum(len(b) for b in model.batches) == 10
 
 
-def test_padded_token_budget_keeps_long_inputs_apart() -> None:
-    model = Recorder(delay=0.01)
+def test_token_budget_bounds_a_batch() -> None:
+    model = Recorder(delay=0.05)
+    costs = {0: 1, 99: 60, 500: 500} | {i: 10 for i in range(1, 11)}
 
     async def scenario() -> None:
         queue = make_queue(model, max_batch_items=64, max_batch_cost=100)
         queue.start()
-        # Ten inputs of 10 tokens fit one batch (10 x 10); one of 60 tokens pads any batch it joins.
+        # All four requests are queued before the worker wakes: it fills 100 tokens, then the rest;
+        # the 500-token input is larger than the budget and runs alone.
         await asyncio.gather(
-            queue.submit([0], [1]), queue.submit(list(range(1, 11)), [10] * 10), queue.submit([99], [60])
+            queue.submit([0], [1]),
+            queue.submit(list(range(1, 11)), [10] * 10),
+            queue.submit([99], [60]),
+            queue.submit([500], [500]),
         )
         await queue.stop()
 
     run(scenario)
+    assert model.batches == [[0, *range(1, 10)], [10, 99], [500]]
     for batch in model.batches:
-        longest = 60 if 99 in batch else (10 if any(1 <= x <= 10 for x in batch) else 1)
-        assert longest * len(batch) <= 100 or len(batch) == 1
+        assert sum(costs[x] for x in batch) <= 100 or len(batch) == 1
 
 
 def test_one_failing_item_fails_only_its_request() -> None:
@@ -159,3 +164,22 @@ def test_stop_fails_queued_work_instead_of_leaving_it_hanging() -> None:
             await queue.submit([9], [1])
 
     run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("lengths", "max_items", "max_padded", "expected"),
+    [
+        ([], 4, 100, []),
+        ([5, 50, 10, 40], 4, 1000, [[1, 3, 2, 0]]),
+        ([5, 50, 10, 40], 2, 1000, [[1, 3], [2, 0]]),
+        # 50 x 2 = 100 fits; 40 x 3 = 120 would not, so the 40 starts the next pass.
+        ([5, 50, 10, 40, 45], 8, 100, [[1, 4], [3, 2], [0]]),
+        ([500, 3, 3], 8, 100, [[0], [1, 2]]),
+    ],
+)
+def test_forward_passes_group_similar_lengths(
+    lengths: list[int], max_items: int, max_padded: int, expected: list[list[int]]
+) -> None:
+    passes = plan_forward_passes(lengths, max_items, max_padded)
+    assert passes == expected
+    assert sorted(i for p in passes for i in p) == list(range(len(lengths)))

@@ -157,7 +157,12 @@ def _folder(tmp_path: Path, config: dict | None, files: dict[str, str] | None = 
             ModelKind.RERANKER,
         ),
         ({"model_type": "bert"}, {}, "my-embedding-model", ModelKind.EMBEDDING),
-        ({"model_type": "llama"}, {"tokenizer_config.json": '{"chat_template": "{{ x }}"}'}, "x", ModelKind.CHAT),
+        (
+            {"model_type": "llama"},
+            {"tokenizer_config.json": '{"chat_template": "{{ x }}"}'},
+            "x",
+            ModelKind.CHAT,
+        ),
         ({"model_type": "llama"}, {"chat_template.jinja": "{{ x }}"}, "x", ModelKind.CHAT),
     ],
 )

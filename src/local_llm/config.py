@@ -59,10 +59,10 @@ class Settings(BaseSettings):
 
     # --- Embeddings batching -----------------------------------------------------------------
     embedding_batch_size: int = Field(
-        32, ge=1, description="Most inputs the embedding queue runs through the model in one batch."
+        32, ge=1, description="Most inputs in one forward pass of an embedding model (passes are cut by length)."
     )
     embedding_batch_tokens: int = Field(
-        16384, ge=1, description="Most tokens (padded) in one embedding batch."
+        16384, ge=1, description="Most tokens, once padded, in one forward pass of an embedding model."
     )
     max_queued_inputs: int = Field(
         16384, ge=1, description="Inputs waiting per model before new requests get 503 + Retry-After."

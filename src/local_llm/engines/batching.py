@@ -1,10 +1,11 @@
 """Dynamic batching: one queue per loaded model gathers work from concurrent requests.
 
 Modelled on Infinity's batch handler and TEI's queue: requests put their items on the queue and
-await futures; one worker takes as many items as fit a batch (by count and by padded tokens),
+await futures; one worker takes as many items as fit a batch (by count and by total tokens),
 runs the model on a dedicated thread so the event loop keeps serving, and resolves the futures.
 While one batch runs, the next one gathers, so under load batches fill up by themselves and a lone
-request is never held back waiting for company.
+request is never held back waiting for company. How a gathered batch is cut into forward passes
+(sorted by length, so little compute goes to padding) is the engine's business, not the queue's.
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ class BatchStats:
 class BatchQueue(Generic[P, R]):
     """Gathers items into batches for ``run_batch`` and runs them one at a time off the event loop.
 
-    ``cost`` of an item is its length in tokens; a batch's padded cost (longest item x count) stays
-    within ``max_batch_cost`` so one very long input does not pad a large batch to its length.
+    ``cost`` of an item is its length in tokens; a batch holds at most ``max_batch_items`` items and
+    ``max_batch_cost`` tokens in all (a single item larger than that still runs, alone).
     """
 
     def __init__(
@@ -132,17 +133,16 @@ class BatchQueue(Generic[P, R]):
 
     def _take_batch(self) -> list[_Item[P, R]]:
         batch: list[_Item[P, R]] = []
-        longest = 0
+        total = 0
         while self._pending and len(batch) < self._max_items:
             item = self._pending[0]
             if item.future.done():  # cancelled by a caller that went away
                 self._pending.popleft()
                 continue
-            padded = max(longest, item.cost) * (len(batch) + 1)
-            if batch and padded > self._max_cost:
+            if batch and total + item.cost > self._max_cost:
                 break
             batch.append(self._pending.popleft())
-            longest = max(longest, item.cost)
+            total += item.cost
         return batch
 
     async def _work(self) -> None:
@@ -169,3 +169,24 @@ class BatchQueue(Generic[P, R]):
                 else:
                     item.future.set_result(result)
             self._running = []
+
+
+def plan_forward_passes(lengths: Sequence[int], max_items: int, max_padded_tokens: int) -> list[list[int]]:
+    """Cut a gathered batch into forward passes of similar length.
+
+    Pure. Returns indices into ``lengths``, longest first (as sentence-transformers orders its own
+    batches). A pass holds at most ``max_items`` inputs and ``max_padded_tokens`` once padded to its
+    longest input; one input longer than that budget runs alone.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    passes: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        longest = lengths[current[0]] if current else lengths[index]
+        if current and (len(current) >= max_items or longest * (len(current) + 1) > max_padded_tokens):
+            passes.append(current)
+            current = []
+        current.append(index)
+    if current:
+        passes.append(current)
+    return passes

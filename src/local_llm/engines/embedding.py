@@ -8,12 +8,13 @@ import logging
 import time
 from abc import abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from local_llm.engines.base import Engine
-from local_llm.engines.batching import BatchQueue
+from local_llm.engines.batching import BatchQueue, plan_forward_passes
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -25,6 +26,18 @@ logger = logging.getLogger(__name__)
 
 # One input to embed: text, or token ids of the model's own vocabulary used as given.
 EmbeddingInput = str | list[int]
+
+# The queue gathers up to this many forward passes' worth of inputs at a time; the more it holds,
+# the better inputs of similar length share a pass (less padding), the longer a newcomer waits.
+_PASSES_PER_GATHER = 4
+
+
+@dataclass(frozen=True)
+class _Work:
+    """One input on the queue, with its token count for cutting forward passes."""
+
+    item: EmbeddingInput
+    tokens: int
 
 
 class EmbeddingEngine(Engine):
@@ -80,7 +93,7 @@ class SentenceTransformersEmbeddingEngine(EmbeddingEngine):
         self._batch_tokens = batch_tokens
         self._max_queued = max_queued
         self._model: SentenceTransformer | None = None
-        self._queue: BatchQueue[EmbeddingInput, np.ndarray] | None = None
+        self._queue: BatchQueue[_Work, np.ndarray] | None = None
         self._prompt = ""
         self.memory_bytes: int | None = None
 
@@ -91,8 +104,8 @@ class SentenceTransformersEmbeddingEngine(EmbeddingEngine):
         self._queue = BatchQueue(
             self.spec.name,
             self._run_batch,
-            max_batch_items=self._batch_size,
-            max_batch_cost=self._batch_tokens,
+            max_batch_items=self._batch_size * _PASSES_PER_GATHER,
+            max_batch_cost=self._batch_tokens * _PASSES_PER_GATHER,
             max_queued=self._max_queued,
         )
         self._queue.start()
@@ -157,7 +170,7 @@ class SentenceTransformersEmbeddingEngine(EmbeddingEngine):
         return len(self.model.tokenizer)
 
     @property
-    def queue(self) -> BatchQueue[EmbeddingInput, np.ndarray]:
+    def queue(self) -> BatchQueue[_Work, np.ndarray]:
         if self._queue is None:
             raise RuntimeError(f"embedding engine for {self.spec.name} is not started")
         return self._queue
@@ -172,26 +185,27 @@ class SentenceTransformersEmbeddingEngine(EmbeddingEngine):
         return [len(ids) for ids in encoded["input_ids"]]
 
     async def embed(self, inputs: Sequence[EmbeddingInput], lengths: Sequence[int]) -> np.ndarray:
-        rows = await self.queue.submit(inputs, lengths)
-        return np.stack(rows)
+        work = [_Work(item, tokens) for item, tokens in zip(inputs, lengths, strict=True)]
+        return np.stack(await self.queue.submit(work, lengths))
 
-    def _run_batch(self, batch: list[EmbeddingInput]) -> list[np.ndarray]:
-        """Runs on the queue's thread: texts through ``encode``, token ids through the modules."""
-        vectors: list[np.ndarray | None] = [None] * len(batch)
-        text_slots = [i for i, item in enumerate(batch) if isinstance(item, str)]
-        id_slots = [i for i, item in enumerate(batch) if not isinstance(item, str)]
-        if text_slots:
-            texts = [batch[i] for i in text_slots]
-            encoded = self.model.encode(
-                texts, batch_size=len(texts), convert_to_numpy=True, show_progress_bar=False
-            )
-            for slot, row in zip(text_slots, encoded, strict=True):
-                vectors[slot] = row
-        if id_slots:
-            token_lists = [batch[i] for i in id_slots]
-            for slot, row in zip(id_slots, self._embed_token_ids(token_lists), strict=True):
-                vectors[slot] = row
-        return [np.asarray(v, dtype=np.float32) for v in vectors]
+    def _run_batch(self, batch: list[_Work]) -> list[np.ndarray]:
+        """On the queue's thread: passes of similar length; texts via ``encode``, ids via the modules."""
+        vectors: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * len(batch)
+        for want_text in (True, False):
+            slots = [i for i, work in enumerate(batch) if isinstance(work.item, str) is want_text]
+            lengths = [batch[i].tokens for i in slots]
+            for forward in plan_forward_passes(lengths, self._batch_size, self._batch_tokens):
+                chosen = [slots[i] for i in forward]
+                items = [batch[i].item for i in chosen]
+                if want_text:
+                    rows = self.model.encode(
+                        items, batch_size=len(items), convert_to_numpy=True, show_progress_bar=False
+                    )
+                else:
+                    rows = self._embed_token_ids(items)
+                for slot, row in zip(chosen, rows, strict=True):
+                    vectors[slot] = np.asarray(row, dtype=np.float32)
+        return vectors
 
     def _embed_token_ids(self, token_lists: list[Any]) -> np.ndarray:
         import torch
