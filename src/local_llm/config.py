@@ -59,7 +59,9 @@ class Settings(BaseSettings):
 
     # --- Embeddings batching -----------------------------------------------------------------
     embedding_batch_size: int = Field(
-        32, ge=1, description="Most inputs in one forward pass of an embedding model (passes are cut by length)."
+        32,
+        ge=1,
+        description="Most inputs in one forward pass of an embedding model (passes are cut by length).",
     )
     embedding_batch_tokens: int = Field(
         16384, ge=1, description="Most tokens, once padded, in one forward pass of an embedding model."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -11,6 +12,7 @@ from fastapi import Depends, FastAPI
 
 from local_llm import __version__
 from local_llm.config import Settings
+from local_llm.engines.factory import preload_backends
 from local_llm.manager import ModelManager
 from local_llm.registry import ModelRegistry
 from local_llm.server.auth import require_api_key
@@ -40,7 +42,12 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Import heavy libraries while the server already answers, so a first request finds them ready.
+        preloading = asyncio.create_task(
+            asyncio.to_thread(preload_backends, (m.kind for m in registry.models))
+        )
         yield
+        await asyncio.gather(preloading, return_exceptions=True)
         await manager.shutdown()
 
     app = FastAPI(title="local-llm-interface", version=__version__, lifespan=lifespan)
