@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -14,19 +14,24 @@ from local_llm.errors import EngineUnavailableError, QueueFullError
 
 
 class Recorder:
-    """A 'model' that doubles numbers, takes ``delay`` seconds per batch and remembers each batch."""
+    """A 'model' that doubles numbers, ``pass_size`` at a time, ``delay`` s a pass; it records batches."""
 
-    def __init__(self, delay: float = 0.0, fail_on: int | None = None) -> None:
+    def __init__(self, delay: float = 0.0, fail_on: int | None = None, pass_size: int = 1_000_000) -> None:
         self.delay = delay
         self.fail_on = fail_on
+        self.pass_size = pass_size
         self.batches: list[list[int]] = []
         self.threads: set[str] = set()
 
-    def __call__(self, batch: list[int]) -> list[int | Exception]:
+    def __call__(self, batch: list[int]) -> Iterator[list[tuple[int, int | Exception]]]:
         self.batches.append(list(batch))
-        self.threads.add(threading.current_thread().name)
-        time.sleep(self.delay)
-        return [ValueError(f"bad {x}") if x == self.fail_on else x * 2 for x in batch]
+        for start in range(0, len(batch), self.pass_size):
+            self.threads.add(threading.current_thread().name)
+            time.sleep(self.delay)
+            yield [
+                (i, ValueError(f"bad {x}") if x == self.fail_on else x * 2)
+                for i, x in enumerate(batch[start : start + self.pass_size], start)
+            ]
 
 
 def run(coro_factory: Callable[[], object]) -> object:
@@ -183,3 +188,45 @@ def test_forward_passes_group_similar_lengths(
     passes = plan_forward_passes(lengths, max_items, max_padded)
     assert passes == expected
     assert sorted(i for p in passes for i in p) == list(range(len(lengths)))
+
+
+def test_each_pass_answers_its_requests_before_the_batch_ends() -> None:
+    model = Recorder(delay=0.2, pass_size=2)
+    finished: dict[int, float] = {}
+
+    async def scenario() -> None:
+        queue = make_queue(model, max_batch_items=64)
+        queue.start()
+        loop = asyncio.get_running_loop()
+
+        async def request(i: int) -> None:
+            assert await queue.submit([i, i], [1, 1]) == [2 * i, 2 * i]
+            finished[i] = loop.time()
+
+        await asyncio.gather(*(request(i) for i in range(3)))
+        await queue.stop()
+
+    run(scenario)
+    assert model.batches == [[0, 0, 1, 1, 2, 2]]  # one gathered batch, three passes
+    assert finished[0] < finished[1] < finished[2]
+    assert finished[2] - finished[0] > 0.3
+
+
+def test_a_batch_function_that_raises_fails_only_what_is_unanswered() -> None:
+    def flaky(batch: list[int]) -> Iterator[list[tuple[int, int | Exception]]]:
+        yield [(0, batch[0])]
+        raise RuntimeError("device lost")
+
+    async def scenario() -> None:
+        queue: BatchQueue[int, int] = BatchQueue(
+            "flaky", flaky, max_batch_items=8, max_batch_cost=100, max_queued=10
+        )
+        queue.start()
+        first, second = await asyncio.gather(
+            queue.submit([5], [1]), queue.submit([6], [1]), return_exceptions=True
+        )
+        await queue.stop()
+        assert first == [5]
+        assert isinstance(second, RuntimeError)
+
+    run(scenario)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -24,9 +24,13 @@ logger = logging.getLogger(__name__)
 
 P = TypeVar("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
-# run_batch returns one result per payload; an Exception in a slot fails only that item.
-BatchFunction = Callable[[list[P]], Sequence[R | Exception]]
+# A batch function yields results as it goes: (index into the batch, result) pairs, a chunk per
+# forward pass, so each request is answered as soon as its own inputs are done. An Exception as a
+# result fails only that item; an exception raised fails every item not yet answered.
+BatchResults = Iterable[Sequence[tuple[int, R | Exception]]]
+BatchFunction = Callable[[list[P]], BatchResults[R]]
 
 
 @dataclass
@@ -155,20 +159,34 @@ class BatchQueue(Generic[P, R]):
                 continue
             self.stats.record(len(batch))
             self._running = batch
-            payloads = [item.payload for item in batch]
             try:
-                results = await loop.run_in_executor(self._executor, self._run_batch, payloads)
+                chunks = iter(self._run_batch([item.payload for item in batch]))
+                while (chunk := await loop.run_in_executor(self._executor, _next_chunk, chunks)) is not None:
+                    for index, result in chunk:
+                        _resolve(batch[index].future, result)
             except Exception as exc:
                 logger.exception("batch of %d for %s failed", len(batch), self.name)
-                results = [exc] * len(batch)
-            for item, result in zip(batch, results, strict=True):
-                if item.future.done():
-                    continue
-                if isinstance(result, Exception):
-                    item.future.set_exception(result)
-                else:
-                    item.future.set_result(result)
+                for item in batch:
+                    _resolve(item.future, exc)
+            for item in batch:
+                _resolve(
+                    item.future, RuntimeError(f"batch function gave no result for an input of {self.name}")
+                )
             self._running = []
+
+
+def _next_chunk(chunks: Iterator[T]) -> T | None:
+    """Advance the batch function by one forward pass, on the queue's thread."""
+    return next(chunks, None)
+
+
+def _resolve(future: asyncio.Future[R], result: R | Exception) -> None:
+    if future.done():
+        return
+    if isinstance(result, Exception):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
 
 
 def plan_forward_passes(lengths: Sequence[int], max_items: int, max_padded_tokens: int) -> list[list[int]]:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import gc
 import logging
 import time
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,9 +29,10 @@ logger = logging.getLogger(__name__)
 # One input to embed: text, or token ids of the model's own vocabulary used as given.
 EmbeddingInput = str | list[int]
 
-# The queue gathers up to this many forward passes' worth of inputs at a time; the more it holds,
-# the better inputs of similar length share a pass (less padding), the longer a newcomer waits.
-_PASSES_PER_GATHER = 4
+# The queue gathers up to this many forward passes' worth of inputs at a time: the more it holds,
+# the better inputs of similar length share a pass (less padding). Each pass answers its requests as
+# soon as it is done, so a wide window costs little latency; a newcomer waits at most one window.
+_PASSES_PER_GATHER = 8
 
 
 @dataclass(frozen=True)
@@ -95,12 +98,19 @@ class SentenceTransformersEmbeddingEngine(EmbeddingEngine):
         self._model: SentenceTransformer | None = None
         self._queue: BatchQueue[_Work, np.ndarray] | None = None
         self._prompt = ""
+        # Counting runs beside the batch thread's encode(), so it needs its own tokenizer: a fast
+        # tokenizer's padding/truncation settings are per instance, and encode() changes them per call.
+        self._counting_tokenizer: Any = None
+        self._counting_thread: ThreadPoolExecutor | None = None
         self.memory_bytes: int | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         started = time.perf_counter()
         self._model = await asyncio.to_thread(self._load)
+        self._counting_thread = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"tokenize-{self.spec.name}"
+        )
         self._queue = BatchQueue(
             self.spec.name,
             self._run_batch,
@@ -130,6 +140,7 @@ class SentenceTransformersEmbeddingEngine(EmbeddingEngine):
             **self.spec.options.engine_options,
         )
         model.eval()
+        self._counting_tokenizer = copy.deepcopy(model.tokenizer)
         default_prompt = model.default_prompt_name
         self._prompt = (model.prompts.get(default_prompt) or "") if default_prompt else ""
         self.memory_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
@@ -139,6 +150,9 @@ class SentenceTransformersEmbeddingEngine(EmbeddingEngine):
         if self._queue is not None:
             await self._queue.stop()
             self._queue = None
+        if self._counting_thread is not None:
+            self._counting_thread.shutdown(wait=True)
+            self._counting_thread = None
         model, self._model = self._model, None
         del model
         gc.collect()
@@ -177,20 +191,20 @@ class SentenceTransformersEmbeddingEngine(EmbeddingEngine):
 
     # --- work ----------------------------------------------------------------------------------
     async def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return await asyncio.to_thread(self._count_tokens, list(texts))
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._counting_thread, self._count_tokens, list(texts))
 
     def _count_tokens(self, texts: list[str]) -> list[int]:
         prompted = [self._prompt + text for text in texts] if self._prompt else texts
-        encoded = self.model.tokenizer(prompted, add_special_tokens=True, truncation=False, verbose=False)
+        encoded = self._counting_tokenizer(prompted, add_special_tokens=True, truncation=False, verbose=False)
         return [len(ids) for ids in encoded["input_ids"]]
 
     async def embed(self, inputs: Sequence[EmbeddingInput], lengths: Sequence[int]) -> np.ndarray:
         work = [_Work(item, tokens) for item, tokens in zip(inputs, lengths, strict=True)]
         return np.stack(await self.queue.submit(work, lengths))
 
-    def _run_batch(self, batch: list[_Work]) -> list[np.ndarray]:
-        """On the queue's thread: passes of similar length; texts via ``encode``, ids via the modules."""
-        vectors: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * len(batch)
+    def _run_batch(self, batch: list[_Work]) -> Iterator[list[tuple[int, np.ndarray]]]:
+        """On the queue's thread, a pass at a time: similar lengths together; texts via ``encode``."""
         for want_text in (True, False):
             slots = [i for i, work in enumerate(batch) if isinstance(work.item, str) is want_text]
             lengths = [batch[i].tokens for i in slots]
@@ -203,9 +217,9 @@ class SentenceTransformersEmbeddingEngine(EmbeddingEngine):
                     )
                 else:
                     rows = self._embed_token_ids(items)
-                for slot, row in zip(chosen, rows, strict=True):
-                    vectors[slot] = np.asarray(row, dtype=np.float32)
-        return vectors
+                yield [
+                    (slot, np.asarray(row, dtype=np.float32)) for slot, row in zip(chosen, rows, strict=True)
+                ]
 
     def _embed_token_ids(self, token_lists: list[Any]) -> np.ndarray:
         import torch
