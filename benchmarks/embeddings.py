@@ -451,6 +451,7 @@ async def drive(
     dimension: int,
     name: str,
     server_pid: int,
+    model: str = MODEL_NAME,
 ) -> tuple[Result, np.ndarray]:
     """``load.clients`` tasks share one connection pool and a queue of K-text slices of the corpus.
 
@@ -470,7 +471,7 @@ async def drive(
     async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=httpx.Timeout(300.0)) as client:
 
         async def post(batch: list[str]) -> np.ndarray:
-            response = await client.post(route, json={"model": MODEL_NAME, "input": batch})
+            response = await client.post(route, json={"model": model, "input": batch})
             if response.status_code != 200:
                 raise RuntimeError(f"HTTP {response.status_code}: {response.text[:300]}")
             data = sorted(response.json()["data"], key=lambda item: item["index"])

@@ -32,29 +32,34 @@ def test_counting_beside_encoding_never_corrupts_either(zoo: Path) -> None:
 
     async def scenario() -> None:
         await engine.start()
-        expected = [len(ids) for ids in engine.model.tokenizer(TEXTS)["input_ids"]]
+        expected = engine.model.tokenizer(TEXTS)["input_ids"]
         reference = engine.model.encode(TEXTS, convert_to_numpy=True)
         for _ in range(10):
-            vectors, *counts = await asyncio.gather(
-                engine.embed(TEXTS, expected), *(engine.count_tokens(TEXTS[i:]) for i in range(16))
+            # encode() (the reference library, on the default pool) runs beside our tokenizing thread.
+            from_library, *tokenized = await asyncio.gather(
+                asyncio.to_thread(engine.model.encode, TEXTS, batch_size=8),
+                *(engine.tokenize(TEXTS[i:], truncate=False) for i in range(16)),
             )
-            counts = [[*expected[:i], *c] for i, c in enumerate(counts)]
-            assert all(c == expected for c in counts)
-            np.testing.assert_allclose(vectors, reference, atol=1e-5)
+            assert all(ids == expected[i:] for i, ids in enumerate(tokenized))
+            np.testing.assert_allclose(from_library, reference, atol=1e-5)
+            np.testing.assert_allclose(await engine.embed(tokenized[0]), reference, atol=1e-5)
         await engine.stop()
 
     asyncio.run(scenario())
 
 
-def test_token_ids_and_text_agree_and_stop_releases_the_model(zoo: Path) -> None:
+def test_vectors_equal_encode_and_stop_releases_the_model(zoo: Path) -> None:
     engine = engine_for(zoo)
 
     async def scenario() -> None:
         await engine.start()
-        ids = [engine.model.tokenizer(t)["input_ids"] for t in TEXTS[:10]]
-        from_ids = await engine.embed(ids, [len(x) for x in ids])
-        from_text = await engine.embed(TEXTS[:10], [len(x) for x in ids])
-        np.testing.assert_allclose(from_ids, from_text, atol=1e-5)
+        ids = await engine.tokenize(TEXTS, truncate=False)
+        np.testing.assert_allclose(await engine.embed(ids), engine.model.encode(TEXTS), atol=1e-5)
+        long_text = "many words " * 200
+        (cut,) = await engine.tokenize([long_text], truncate=True)
+        assert len(cut) == 128
+        assert cut[-1] == engine.model.tokenizer.sep_token_id
+        np.testing.assert_allclose(await engine.embed([cut]), engine.model.encode([long_text]), atol=1e-5)
         assert engine.dimension == 32
         assert engine.max_input_tokens == 128
         await engine.stop()

@@ -293,3 +293,19 @@ def test_server_still_serves_after_every_error(http: httpx.Client, minilm) -> No
     assert http.get("/health").json()["status"] == "ok"
     response = http.post("/v1/embeddings", json={"model": MINILM, "input": SENTENCES[0]})
     assert_parity([response.json()["data"][0]["embedding"]], minilm.encode([SENTENCES[0]]))
+
+
+@pytest.mark.parametrize("encoding_format", ["float", "base64"])
+def test_responses_match_the_documented_schema(http: httpx.Client, encoding_format: str) -> None:
+    from local_llm.protocol.embeddings import EmbeddingResponse
+
+    response = http.post(
+        "/v1/embeddings", json={"model": MINILM, "input": SENTENCES[:2], "encoding_format": encoding_format}
+    )
+    parsed = EmbeddingResponse.model_validate_json(response.content)
+    assert [d.index for d in parsed.data] == [0, 1]
+    assert parsed.usage.total_tokens == parsed.usage.prompt_tokens > 0
+    # The OpenAPI schema documents the same model.
+    schema = http.get("/openapi.json").json()
+    route = schema["paths"]["/v1/embeddings"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert route["$ref"].endswith("/EmbeddingResponse")

@@ -89,7 +89,7 @@ def test_a_model_in_use_is_never_evicted(registry: ModelRegistry) -> None:
             async with manager.lease("tiny-hub-embed"):
                 # Over capacity while both are busy: the held one must still be loaded and working.
                 assert manager.status("tiny-embed").state is ModelState.LOADED
-                vectors = await held.embed(["still works"], [3])  # type: ignore[attr-defined]
+                vectors = await held.embed([[101, 2145, 102]])  # type: ignore[attr-defined]
                 assert vectors.shape == (1, 32)
             await asyncio.sleep(0.05)  # let the trim that the release scheduled run
             assert manager.status("tiny-embed").state is ModelState.LOADED

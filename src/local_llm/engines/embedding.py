@@ -10,13 +10,13 @@ import time
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from local_llm.engines.base import Engine
 from local_llm.engines.batching import BatchQueue, plan_forward_passes
+from local_llm.errors import InvalidRequestError
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# One input to embed: text, or token ids of the model's own vocabulary used as given.
-EmbeddingInput = str | list[int]
+# Token ids of the model's own vocabulary: what every input becomes before it reaches the model.
+TokenIds = list[int]
 
 # The queue gathers up to this many forward passes' worth of inputs at a time: the more it holds,
 # the better inputs of similar length share a pass (less padding). Each pass answers its requests as
@@ -35,16 +35,8 @@ EmbeddingInput = str | list[int]
 _PASSES_PER_GATHER = 8
 
 
-@dataclass(frozen=True)
-class _Work:
-    """One input on the queue, with its token count for cutting forward passes."""
-
-    item: EmbeddingInput
-    tokens: int
-
-
 class EmbeddingEngine(Engine):
-    """What an embedding backend offers: token counting and batched embedding."""
+    """What an embedding backend offers: tokenization as the model reads text, and batched embedding."""
 
     @property
     @abstractmethod
@@ -62,22 +54,25 @@ class EmbeddingEngine(Engine):
         """Token ids must lie in ``[0, vocab_size)``."""
 
     @abstractmethod
-    async def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Tokens each text takes as the model reads it (special tokens and default prompt included)."""
+    async def tokenize(self, texts: Sequence[str], truncate: bool) -> list[TokenIds]:
+        """Token ids of each text exactly as the model reads it (special tokens, default prompt).
+
+        With ``truncate`` the ids stop at :attr:`max_input_tokens`; without, they are complete, so
+        the caller can refuse over-long inputs.
+        """
 
     @abstractmethod
-    async def embed(self, inputs: Sequence[EmbeddingInput], lengths: Sequence[int]) -> np.ndarray:
-        """Vectors (float32, one row per input), normalised as the model's own pipeline says.
-
-        ``lengths`` are the inputs' token counts, used to pack batches.
-        """
+    async def embed(self, inputs: Sequence[TokenIds]) -> np.ndarray:
+        """Vectors (float32, one row per input), normalised as the model's own pipeline says."""
 
 
 class SentenceTransformersEmbeddingEngine(EmbeddingEngine):
-    """Runs the model's full sentence-transformers pipeline (pooling, Dense, Normalize modules).
+    """Runs the model's sentence-transformers modules (Transformer, Pooling, Dense, Normalize).
 
-    Texts go through ``SentenceTransformer.encode`` itself, so vectors are exactly the library's;
-    token ids are padded with the model's tokenizer and sent through the same modules.
+    Text is tokenized once, on a thread of its own with a tokenizer of its own, the way
+    sentence-transformers tokenizes it; the batch thread then only pads ids and runs the modules.
+    That keeps vectors identical to ``SentenceTransformer.encode`` while the tokenizer's work
+    overlaps the model's, and ``encode``'s second tokenization and tensor conversion are skipped.
     """
 
     backend = "sentence-transformers"
@@ -96,19 +91,21 @@ class SentenceTransformersEmbeddingEngine(EmbeddingEngine):
         self._batch_tokens = batch_tokens
         self._max_queued = max_queued
         self._model: SentenceTransformer | None = None
-        self._queue: BatchQueue[_Work, np.ndarray] | None = None
+        self._queue: BatchQueue[TokenIds, np.ndarray] | None = None
         self._prompt = ""
-        # Counting runs beside the batch thread's encode(), so it needs its own tokenizer: a fast
-        # tokenizer's padding/truncation settings are per instance, and encode() changes them per call.
-        self._counting_tokenizer: Any = None
-        self._counting_thread: ThreadPoolExecutor | None = None
+        # sentence-transformers changes its tokenizer's padding/truncation settings per call, so the
+        # tokenizing thread works on a copy: two threads on one fast tokenizer corrupt each other.
+        self._tokenizer: Any = None
+        self._tokenizing_thread: ThreadPoolExecutor | None = None
+        self._pad_id = 0
+        self._pad_left = False
         self.memory_bytes: int | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         started = time.perf_counter()
         self._model = await asyncio.to_thread(self._load)
-        self._counting_thread = ThreadPoolExecutor(
+        self._tokenizing_thread = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"tokenize-{self.spec.name}"
         )
         self._queue = BatchQueue(
@@ -140,7 +137,13 @@ class SentenceTransformersEmbeddingEngine(EmbeddingEngine):
             **self.spec.options.engine_options,
         )
         model.eval()
-        self._counting_tokenizer = copy.deepcopy(model.tokenizer)
+        modalities = getattr(model[0], "modality_config", None) or {"text": {}}
+        if "text" not in modalities:
+            raise ValueError(f"the model's input module reads {sorted(modalities)}, not plain text")
+        tokenizer = model.tokenizer
+        self._tokenizer = copy.deepcopy(tokenizer)
+        self._pad_id = int(tokenizer.pad_token_id or 0)
+        self._pad_left = tokenizer.padding_side == "left"
         default_prompt = model.default_prompt_name
         self._prompt = (model.prompts.get(default_prompt) or "") if default_prompt else ""
         self.memory_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
@@ -150,9 +153,9 @@ class SentenceTransformersEmbeddingEngine(EmbeddingEngine):
         if self._queue is not None:
             await self._queue.stop()
             self._queue = None
-        if self._counting_thread is not None:
-            self._counting_thread.shutdown(wait=True)
-            self._counting_thread = None
+        if self._tokenizing_thread is not None:
+            self._tokenizing_thread.shutdown(wait=True)
+            self._tokenizing_thread = None
         model, self._model = self._model, None
         del model
         gc.collect()
@@ -170,7 +173,10 @@ class SentenceTransformersEmbeddingEngine(EmbeddingEngine):
 
     @property
     def dimension(self) -> int:
-        return int(self.model.get_embedding_dimension() or 0)
+        model = self.model
+        # sentence-transformers 6.2 renamed get_sentence_embedding_dimension; older ones lack the new name.
+        getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        return int(getter() or 0)
 
     @property
     def max_input_tokens(self) -> int:
@@ -184,52 +190,55 @@ class SentenceTransformersEmbeddingEngine(EmbeddingEngine):
         return len(self.model.tokenizer)
 
     @property
-    def queue(self) -> BatchQueue[_Work, np.ndarray]:
+    def queue(self) -> BatchQueue[TokenIds, np.ndarray]:
         if self._queue is None:
             raise RuntimeError(f"embedding engine for {self.spec.name} is not started")
         return self._queue
 
     # --- work ----------------------------------------------------------------------------------
-    async def count_tokens(self, texts: Sequence[str]) -> list[int]:
+    async def tokenize(self, texts: Sequence[str], truncate: bool) -> list[TokenIds]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._counting_thread, self._count_tokens, list(texts))
+        return await loop.run_in_executor(self._tokenizing_thread, self._tokenize, list(texts), truncate)
 
-    def _count_tokens(self, texts: list[str]) -> list[int]:
+    def _tokenize(self, texts: list[str], truncate: bool) -> list[TokenIds]:
         prompted = [self._prompt + text for text in texts] if self._prompt else texts
-        encoded = self._counting_tokenizer(prompted, add_special_tokens=True, truncation=False, verbose=False)
-        return [len(ids) for ids in encoded["input_ids"]]
+        limit = (
+            {"truncation": True, "max_length": self.max_input_tokens} if truncate else {"truncation": False}
+        )
+        encoded = self._tokenizer(prompted, add_special_tokens=True, verbose=False, **limit)
+        return list(encoded["input_ids"])
 
-    async def embed(self, inputs: Sequence[EmbeddingInput], lengths: Sequence[int]) -> np.ndarray:
-        work = [_Work(item, tokens) for item, tokens in zip(inputs, lengths, strict=True)]
-        return np.stack(await self.queue.submit(work, lengths))
+    async def embed(self, inputs: Sequence[TokenIds]) -> np.ndarray:
+        for index, ids in enumerate(inputs):
+            if not ids:
+                raise InvalidRequestError(f"Input {index} has no tokens.", param="input")
+        return np.stack(await self.queue.submit(inputs, [len(ids) for ids in inputs]))
 
-    def _run_batch(self, batch: list[_Work]) -> Iterator[list[tuple[int, np.ndarray]]]:
-        """On the queue's thread, a pass at a time: similar lengths together; texts via ``encode``."""
-        for want_text in (True, False):
-            slots = [i for i, work in enumerate(batch) if isinstance(work.item, str) is want_text]
-            lengths = [batch[i].tokens for i in slots]
-            for forward in plan_forward_passes(lengths, self._batch_size, self._batch_tokens):
-                chosen = [slots[i] for i in forward]
-                items = [batch[i].item for i in chosen]
-                if want_text:
-                    rows = self.model.encode(
-                        items, batch_size=len(items), convert_to_numpy=True, show_progress_bar=False
-                    )
-                else:
-                    rows = self._embed_token_ids(items)
-                yield [
-                    (slot, np.asarray(row, dtype=np.float32)) for slot, row in zip(chosen, rows, strict=True)
-                ]
+    def _run_batch(self, batch: list[TokenIds]) -> Iterator[list[tuple[int, np.ndarray]]]:
+        """On the queue's thread, a forward pass at a time, inputs of similar length together."""
+        for forward in plan_forward_passes([len(ids) for ids in batch], self._batch_size, self._batch_tokens):
+            rows = self._forward([batch[i] for i in forward])
+            yield list(zip(forward, rows, strict=True))
 
-    def _embed_token_ids(self, token_lists: list[Any]) -> np.ndarray:
+    def _forward(self, token_lists: list[TokenIds]) -> np.ndarray:
+        """Pad (on the tokenizer's side), run every module of the model, and return float32 rows."""
         import torch
 
         model = self.model
-        features: dict[str, Any] = dict(
-            model.tokenizer.pad({"input_ids": token_lists}, padding=True, return_tensors="pt")
-        )
-        features = {key: value.to(model.device) for key, value in features.items()}
-        features["modality"] = "text"
+        longest = max(len(ids) for ids in token_lists)
+        input_ids = np.full((len(token_lists), longest), self._pad_id, dtype=np.int64)
+        attention = np.zeros((len(token_lists), longest), dtype=np.int64)
+        for row, ids in enumerate(token_lists):
+            span = slice(longest - len(ids), longest) if self._pad_left else slice(0, len(ids))
+            input_ids[row, span] = ids
+            attention[row, span] = 1
+        features: dict[str, Any] = {
+            "input_ids": torch.from_numpy(input_ids).to(model.device),
+            "attention_mask": torch.from_numpy(attention).to(model.device),
+            "modality": "text",
+        }
         with torch.inference_mode():
-            output = model(features)["sentence_embedding"]
-        return output.float().cpu().numpy()
+            embeddings = model(features)["sentence_embedding"]
+        if model.truncate_dim:
+            embeddings = embeddings[:, : model.truncate_dim]
+        return embeddings.float().cpu().numpy()

@@ -13,6 +13,5 @@ router = APIRouter(tags=["embeddings"])
 @router.post("/v1/embeddings", response_model=EmbeddingResponse)
 async def create_embeddings(body: EmbeddingRequest, request: Request) -> Response:
     service: EmbeddingsService = request.app.state.embeddings
-    result = await service.create(body)
-    # Serialised by pydantic-core directly: the vectors skip FastAPI's generic encoder.
-    return Response(result.model_dump_json(), media_type="application/json")
+    # The service renders the JSON itself (see render_response); the model above documents its shape.
+    return Response(await service.create(body), media_type="application/json")
