@@ -58,10 +58,11 @@ class Settings(BaseSettings):
     )
 
     # --- Embeddings batching -----------------------------------------------------------------
-    embedding_batch_size: int = Field(
-        32,
+    embedding_batch_size: int | None = Field(
+        None,
         ge=1,
-        description="Most inputs in one forward pass of an embedding model (passes are cut by length).",
+        description="Most inputs in one forward pass of an embedding model (passes are cut by length). "
+        "Default: 32 on the CPU, 128 on a GPU (the best each showed in docs/benchmarks.md).",
     )
     embedding_batch_tokens: int = Field(
         16384, ge=1, description="Most tokens, once padded, in one forward pass of an embedding model."

@@ -11,7 +11,7 @@ from local_llm.config import Settings
 from local_llm.engines.base import Engine
 from local_llm.engines.embedding import SentenceTransformersEmbeddingEngine
 from local_llm.errors import EngineUnavailableError
-from local_llm.placement import PlacementPlan
+from local_llm.placement import Placement, PlacementPlan
 from local_llm.registry.spec import ModelKind, ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -30,13 +30,18 @@ def preload_backends(kinds: Iterable[ModelKind]) -> None:
         logger.info("engine libraries ready in %.1fs: %s", time.perf_counter() - started, ", ".join(modules))
 
 
+def default_embedding_batch_size(plan: PlacementPlan) -> int:
+    """Passes of 32 suit a CPU (more only pads); a GPU wants 128 to be busy (docs/benchmarks.md)."""
+    return 32 if plan.placement is Placement.CPU else 128
+
+
 def create_engine(spec: ModelSpec, plan: PlacementPlan, settings: Settings) -> Engine:
     """A not-yet-started engine for ``spec``; raises :class:`EngineUnavailableError` for kinds not served."""
     if spec.kind is ModelKind.EMBEDDING:
         return SentenceTransformersEmbeddingEngine(
             spec,
             plan,
-            batch_size=settings.embedding_batch_size,
+            batch_size=settings.embedding_batch_size or default_embedding_batch_size(plan),
             batch_tokens=settings.embedding_batch_tokens,
             max_queued=settings.max_queued_inputs,
         )
