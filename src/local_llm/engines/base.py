@@ -21,6 +21,8 @@ class Engine(ABC):
     def __init__(self, spec: ModelSpec, plan: PlacementPlan) -> None:
         self.spec = spec
         self.plan = plan
+        #: What loading really took (weights and buffers), once started; checked against the estimate.
+        self.memory_bytes: int | None = None
 
     @abstractmethod
     async def start(self) -> None:

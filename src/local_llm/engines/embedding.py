@@ -99,7 +99,6 @@ class SentenceTransformersEmbeddingEngine(EmbeddingEngine):
         self._tokenizing_thread: ThreadPoolExecutor | None = None
         self._pad_id = 0
         self._pad_left = False
-        self.memory_bytes: int | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:

@@ -248,7 +248,7 @@ class ModelManager:
             in_flight=slot.in_flight,
             last_used=slot.last_used or None,
             error=slot.error,
-            measured_bytes=getattr(engine, "memory_bytes", None) if engine else None,
+            measured_bytes=engine.memory_bytes if engine else None,
             load_seconds=slot.load_seconds,
         )
 
