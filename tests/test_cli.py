@@ -29,7 +29,7 @@ def test_models_lists_name_type_format_size_reason_and_skips(zoo: Path) -> None:
     result = run_cli("models", "--models-dir", str(zoo))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split()[:5] == ["NAME", "TYPE", "FORMAT", "SIZE", "WHY"]
+    assert lines[0].split()[:6] == ["NAME", "TYPE", "FORMAT", "SIZE", "ALIASES", "WHY"]
     row = next(line for line in lines if line.startswith("Qwen3-Embedding-tiny "))
     for part in ("embedding", "safetensors", "MB", "modules.json"):
         assert part in row
@@ -99,3 +99,9 @@ def test_empty_models_dir_means_none(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings().models_dir is None
     monkeypatch.setenv("LLM_MODELS_DIR", "~/models")
     assert Settings().models_dir == Path.home() / "models"
+
+
+def test_a_queue_smaller_than_one_request_is_refused() -> None:
+    result = run_cli("models", "--max-queued-inputs", "10", "--max-inputs-per-request", "64")
+    assert result.returncode == 2
+    assert "LLM_MAX_QUEUED_INPUTS (10) must be at least LLM_MAX_INPUTS_PER_REQUEST (64)" in result.stderr

@@ -307,5 +307,21 @@ def test_responses_match_the_documented_schema(http: httpx.Client, encoding_form
     assert parsed.usage.total_tokens == parsed.usage.prompt_tokens > 0
     # The OpenAPI schema documents the same model.
     schema = http.get("/openapi.json").json()
-    route = schema["paths"]["/v1/embeddings"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
-    assert route["$ref"].endswith("/EmbeddingResponse")
+    answers = schema["paths"]["/v1/embeddings"]["post"]["responses"]["200"]
+    assert answers["content"]["application/json"]["schema"]["$ref"].endswith("/EmbeddingResponse")
+
+
+def test_empty_body_and_missing_content_type_say_what_to_do(http: httpx.Client) -> None:
+    empty = assert_error(http.post("/v1/embeddings"), 400)
+    assert "empty" in empty["message"]
+    form = http.post(
+        "/v1/embeddings",
+        content=b'{"model": "all-MiniLM-L6-v2", "input": "a"}',
+        headers={"content-type": "application/x-www-form-urlencoded"},  # what `curl -d` sends
+    )
+    assert "Content-Type: application/json" in assert_error(form, 400)["message"]
+
+
+def test_unknown_route_names_itself(http: httpx.Client) -> None:
+    error = assert_error(http.post("/v1/chat/completions", json={}), 404, code="not_found")
+    assert "POST /v1/chat/completions" in error["message"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
@@ -38,6 +39,12 @@ def test_models_list_every_discovered_model_with_type_and_state(openai_client, h
     assert minilm["measured_bytes"] > 80_000_000
     assert minilm["estimated_bytes"] >= minilm["measured_bytes"]
     assert raw["tiny-chat"]["state"] == "available"
+    # Before any load: the estimate is there, the placement not yet.
+    assert raw["nested-renamed"]["estimated_bytes"] > 0
+    assert raw["tiny-chat"]["estimated_bytes"] > raw["tiny-chat"]["size_bytes"]
+    assert raw["tiny-chat"]["placement"] is None
+    # created is the folder's time, stable across restarts.
+    assert raw["tiny-chat"]["created"] < time.time()
     assert raw["tiny-embed"]["aliases"] == ["tiny-embed-alias"]
 
 

@@ -89,15 +89,53 @@ def test_invalid_served_names_are_refused(name: str) -> None:
         check_served_name(name)
 
 
-def test_invalid_models_yaml_is_reported_and_discovery_goes_on(zoo: Path, tmp_path: Path) -> None:
+def test_an_invalid_models_yaml_entry_affects_only_its_model(zoo: Path, tmp_path: Path) -> None:
     folder = tmp_path / "models"
-    shutil.copytree(zoo / "tiny-embed", folder / "tiny-embed")
-    (folder / "models.yaml").write_text("models:\n  tiny-embed:\n    typo_field: 1\n    name: ../escape\n")
+    for name in ("typo", "renamed", "retired"):
+        shutil.copytree(zoo / "tiny-embed", folder / name)
+    (folder / "models.yaml").write_text(
+        "models:\n"
+        "  typo:\n    typo_field: 1\n    name: ../escape\n"
+        "  renamed:\n    name: better-name\n"
+        "  retired:\n    enabled: false\n"
+    )
     registry = ModelRegistry.discover(folder, include_bundled=False)
-    assert [m.name for m in registry.models] == ["tiny-embed"]
-    reason = skipped_reason(registry, "models.yaml")
+    # The model with the broken entry is not served under a name its operator did not want.
+    assert [m.name for m in registry.models] == ["better-name"]
+    reason = skipped_reason(registry, "typo")
     assert "typo_field" in reason
     assert "not a valid model name" in reason
+    assert "disabled" in skipped_reason(registry, "retired")
+
+
+def test_an_unreadable_models_yaml_is_reported_and_discovery_goes_on(zoo: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "models"
+    shutil.copytree(zoo / "tiny-embed", folder / "tiny-embed")
+    (folder / "models.yaml").write_text("models: [not, a, mapping]\n")
+    registry = ModelRegistry.discover(folder, include_bundled=False)
+    assert [m.name for m in registry.models] == ["tiny-embed"]
+    assert "must map model folders" in skipped_reason(registry, "models.yaml")
+
+
+def test_hf_cache_entries_are_keyed_by_folder_or_repo_id(zoo: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "models"
+    shutil.copytree(
+        zoo / "models--acme--tiny-hub-embed", folder / "models--acme--tiny-hub-embed", symlinks=True
+    )
+    (folder / "models.yaml").write_text("models:\n  acme/tiny-hub-embed:\n    name: by-repo-id\n")
+    assert [m.name for m in ModelRegistry.discover(folder, include_bundled=False).models] == ["by-repo-id"]
+
+
+def test_a_taken_alias_is_dropped_alone_and_noted(zoo: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "models"
+    shutil.copytree(zoo / "tiny-embed", folder / "first")
+    shutil.copytree(zoo / "tiny-embed", folder / "second")
+    (folder / "models.yaml").write_text("models:\n  second:\n    aliases: [first, extra]\n")
+    registry = ModelRegistry.discover(folder, include_bundled=False)
+    assert [m.name for m in registry.models] == ["first", "second"]
+    assert registry.get("second").aliases == ("extra",)
+    assert registry.get("first").path.name == "first"
+    assert any("alias 'first' not served" in note for note in registry.notes)
 
 
 def test_duplicate_names_keep_the_first(zoo: Path, tmp_path: Path) -> None:
@@ -107,6 +145,7 @@ def test_duplicate_names_keep_the_first(zoo: Path, tmp_path: Path) -> None:
     registry = ModelRegistry.discover(folder, include_bundled=False)
     assert [m.name for m in registry.models] == ["same"]
     assert "already served" in registry.skipped[0].reason
+    assert "'same'" in registry.skipped[0].reason
 
 
 def test_user_folder_wins_over_bundled_name(zoo: Path, tmp_path: Path) -> None:

@@ -69,20 +69,15 @@ def _print_table(rows: list[list[str]]) -> None:
 def cmd_models(settings: Settings) -> int:
     registry = ModelRegistry.discover(settings.models_dir, settings.bundled_models)
     if registry.models:
-        rows = [["NAME", "TYPE", "FORMAT", "SIZE", "WHY", "PATH"]]
+        rows = [["NAME", "TYPE", "FORMAT", "SIZE", "ALIASES", "WHY", "PATH"]]
         for spec in registry.models:
             weight_format = spec.weight_format.value + (
                 f" ({spec.quantization})" if spec.quantization else ""
             )
+            aliases = ", ".join(spec.aliases) or "-"
+            size = _human_size(spec.size_bytes)
             rows.append(
-                [
-                    spec.name,
-                    spec.kind.value,
-                    weight_format,
-                    _human_size(spec.size_bytes),
-                    spec.reason,
-                    str(spec.path),
-                ]
+                [spec.name, spec.kind.value, weight_format, size, aliases, spec.reason, str(spec.path)]
             )
         _print_table(rows)
     else:
@@ -91,6 +86,10 @@ def cmd_models(settings: Settings) -> int:
         print("\nSkipped:")
         for skipped in registry.skipped:
             print(f"  {skipped.path}: {skipped.reason}")
+    if registry.notes:
+        print("\nNotes:")
+        for note in registry.notes:
+            print(f"  {note}")
     return 0
 
 
@@ -138,8 +137,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from_args(args)
     except ValidationError as exc:
         for error in exc.errors():
-            field = str(error["loc"][0]) if error["loc"] else "?"
-            print(f"local-llm: {_flag(field)} / LLM_{field.upper()}: {error['msg']}", file=sys.stderr)
+            if error["loc"]:
+                field = str(error["loc"][0])
+                print(f"local-llm: {_flag(field)} / LLM_{field.upper()}: {error['msg']}", file=sys.stderr)
+            else:
+                print(f"local-llm: {error['msg'].removeprefix('Value error, ')}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
     if args.command == "models":

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
@@ -92,6 +92,16 @@ class Settings(BaseSettings):
         None, ge=1, description="vLLM context length cap; the model's own is the default. (planned: chat)"
     )
 
+    @model_validator(mode="after")
+    def _queue_holds_a_request(self) -> Settings:
+        """A request larger than the whole queue could never run: refuse the combination up front."""
+        if self.max_queued_inputs < self.max_inputs_per_request:
+            raise ValueError(
+                f"LLM_MAX_QUEUED_INPUTS ({self.max_queued_inputs}) must be at least "
+                f"LLM_MAX_INPUTS_PER_REQUEST ({self.max_inputs_per_request})"
+            )
+        return self
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
@@ -119,7 +129,7 @@ def settings_table() -> str:
     for name, field in Settings.model_fields.items():
         default = field.default_factory() if field.default_factory is not None else field.default  # type: ignore[call-arg]
         shown = (
-            "(none)"
+            "(unset)"
             if default in (None, [])
             else f"`{str(default).lower() if isinstance(default, bool) else default}`"
         )

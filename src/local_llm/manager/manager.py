@@ -132,7 +132,8 @@ class ModelManager:
             except TimeoutError as exc:
                 raise ModelLoadTimeoutError(
                     f"Model '{slot.spec.name}' is still loading after "
-                    f"{self._settings.model_load_timeout_s:.0f}s; try again shortly.",
+                    f"{self._settings.model_load_timeout_s:g}s (LLM_MODEL_LOAD_TIMEOUT_S); "
+                    "try again shortly.",
                     retry_after_s=5.0,
                 ) from exc
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
 TokenIds = list[StrictInt]
 
@@ -24,7 +24,7 @@ class EmbeddingRequest(BaseModel):
     )
     user: str | None = None
     # Extension (TEI's name): cut inputs longer than the model's limit instead of answering 400.
-    truncate: bool = False
+    truncate: StrictBool = False
 
     @field_validator("input")
     @classmethod

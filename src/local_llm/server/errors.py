@@ -57,7 +57,7 @@ def _param_from_location(location: tuple[Any, ...]) -> str | None:
     return str(location[1]) if len(location) > 1 and location[0] == "body" else None
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+def _validation_message(exc: RequestValidationError, content_type: str) -> tuple[str, str | None]:
     errors = exc.errors()
     if not errors:
         return "Invalid request.", None
@@ -66,10 +66,14 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
         return f"The body is not valid JSON: {first.get('ctx', {}).get('error', first.get('msg'))}.", None
     location = tuple(first.get("loc", ()))
     param = _param_from_location(location)
+    if location == ("body",):
+        if first.get("type") == "missing":
+            return "The request body is empty; send a JSON object.", None
+        if "json" not in content_type:
+            return "The body must be a JSON object sent with `Content-Type: application/json`.", None
+        return f"The body must be a JSON object: {first.get('msg')}.", None
     if first.get("type") == "missing":
         return f"Missing required field '{param}'.", param
-    if location == ("body",):
-        return f"The body must be a JSON object: {first.get('msg')}.", None
     detail = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     return (f"Invalid value for '{param}': {detail}." if param else f"{detail}."), param
 
@@ -80,16 +84,22 @@ def install_error_handlers(app: FastAPI) -> None:
         return local_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = _validation_message(exc)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(exc, request.headers.get("content-type", ""))
         return error_response(
             400, message, "invalid_request_error", param=param, code="invalid_request_error"
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = "not_found" if exc.status_code == 404 else None
-        return error_response(exc.status_code, str(exc.detail), "invalid_request_error", code=code)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        route = f"{request.method} {request.url.path}"
+        if exc.status_code == 404:
+            message, code = f"This server has no route {route}.", "not_found"
+        elif exc.status_code == 405:
+            message, code = f"{route} is not allowed; see /docs for the routes and their methods.", None
+        else:
+            message, code = str(exc.detail), None
+        return error_response(exc.status_code, message, "invalid_request_error", code=code)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

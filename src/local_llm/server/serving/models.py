@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from local_llm.manager import ModelManager, ModelStatus
+from local_llm.placement import estimate_bytes
 from local_llm.protocol.models import ModelCard, ModelList
+from local_llm.registry import ModelSpec
 
 
 class ModelsService:
-    def __init__(self, manager: ModelManager, created: int) -> None:
+    def __init__(self, manager: ModelManager, batch_tokens: int) -> None:
         self._manager = manager
-        self._created = created
+        # Static per model, so computed once: what a model will need, shown before it is ever loaded.
+        self._estimates = {spec.name: estimate_bytes(spec, batch_tokens) for spec in manager.registry.models}
+        self._created = {spec.name: _created(spec) for spec in manager.registry.models}
 
     def list(self) -> ModelList:
         return ModelList(data=[self._card(status) for status in self._manager.statuses()])
@@ -21,7 +25,7 @@ class ModelsService:
         spec, plan = status.spec, status.plan
         return ModelCard(
             id=spec.name,
-            created=self._created,
+            created=self._created[spec.name],
             type=spec.kind.value,
             state=status.state.value,
             aliases=list(spec.aliases),
@@ -33,9 +37,17 @@ class ModelsService:
             backend=status.backend,
             placement=plan.placement.value if plan else None,
             placement_reason=plan.reason if plan else None,
-            estimated_bytes=plan.estimated_bytes if plan else None,
+            estimated_bytes=plan.estimated_bytes if plan else self._estimates[spec.name],
             measured_bytes=status.measured_bytes,
             load_seconds=round(status.load_seconds, 3) if status.load_seconds is not None else None,
             in_flight=status.in_flight,
             error=status.error,
         )
+
+
+def _created(spec: ModelSpec) -> int:
+    """When the model's folder was written: stable across restarts, unlike the server's start time."""
+    try:
+        return int(spec.path.stat().st_mtime)
+    except OSError:
+        return 0
