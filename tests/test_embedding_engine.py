@@ -66,3 +66,34 @@ def test_vectors_equal_encode_and_stop_releases_the_model(zoo: Path) -> None:
         assert engine._model is None
 
     asyncio.run(scenario())
+
+
+def test_engine_options_from_models_yaml_reach_the_model(zoo: Path) -> None:
+    """models.yaml's engine_options are SentenceTransformer kwargs: here, half precision."""
+    from dataclasses import replace
+
+    from local_llm.registry import ModelOptions
+
+    spec = ModelRegistry.discover(zoo, include_bundled=False).get("tiny-embed")
+    half = replace(spec, options=ModelOptions(engine_options={"model_kwargs": {"dtype": "bfloat16"}}))
+    plan = PlacementPlan(Placement.CPU, "cpu", spec.size_bytes, "test")
+    engine = create_engine(half, plan, Settings())
+    assert isinstance(engine, SentenceTransformersEmbeddingEngine)
+
+    async def scenario() -> None:
+        await engine.start()
+        assert str(next(engine.model.parameters()).dtype) == "torch.bfloat16"
+        assert engine.memory_bytes is not None
+        ids = await engine.tokenize(TEXTS[:8], truncate=False)
+        vectors = await engine.embed(ids)
+        assert vectors.dtype == np.float32
+        from sentence_transformers import SentenceTransformer
+
+        full = SentenceTransformer(str(spec.path), device="cpu").encode(TEXTS[:8])
+        cosines = (vectors * full).sum(axis=1) / (
+            np.linalg.norm(vectors, axis=1) * np.linalg.norm(full, axis=1)
+        )
+        assert cosines.min() > 0.99
+        await engine.stop()
+
+    asyncio.run(scenario())

@@ -91,13 +91,13 @@ def test_invalid_served_names_are_refused(name: str) -> None:
 
 def test_an_invalid_models_yaml_entry_affects_only_its_model(zoo: Path, tmp_path: Path) -> None:
     folder = tmp_path / "models"
-    for name in ("typo", "renamed", "retired"):
+    for name in ("typo", "renamed", "off"):
         shutil.copytree(zoo / "tiny-embed", folder / name)
     (folder / "models.yaml").write_text(
         "models:\n"
         "  typo:\n    typo_field: 1\n    name: ../escape\n"
         "  renamed:\n    name: better-name\n"
-        "  retired:\n    enabled: false\n"
+        "  off:\n    enabled: false\n"  # YAML 1.1 would read this key as the boolean False
     )
     registry = ModelRegistry.discover(folder, include_bundled=False)
     # The model with the broken entry is not served under a name its operator did not want.
@@ -105,7 +105,7 @@ def test_an_invalid_models_yaml_entry_affects_only_its_model(zoo: Path, tmp_path
     reason = skipped_reason(registry, "typo")
     assert "typo_field" in reason
     assert "not a valid model name" in reason
-    assert "disabled" in skipped_reason(registry, "retired")
+    assert "disabled" in skipped_reason(registry, "off")
 
 
 def test_an_unreadable_models_yaml_is_reported_and_discovery_goes_on(zoo: Path, tmp_path: Path) -> None:

@@ -34,6 +34,16 @@ OVERRIDES_FILE = "models.yaml"
 SERVED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]*(/[A-Za-z0-9][A-Za-z0-9._:@+-]*)?$")
 
 
+class _KeysAsWrittenLoader(yaml.SafeLoader):
+    """YAML 1.1 reads a folder named ``off``, ``no`` or ``on`` as a boolean; keys here are folder names."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[object, object]:
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                key_node.tag = "tag:yaml.org,2002:str"
+        return super().construct_mapping(node, deep)
+
+
 class InvalidOverrides(Exception):
     """models.yaml cannot be used; the message says where and why."""
 
@@ -95,7 +105,7 @@ def load_overrides(models_dir: Path) -> Overrides:
     if not path.is_file():
         return Overrides()
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_KeysAsWrittenLoader) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise InvalidOverrides(f"{path}: {exc}") from exc
     if not isinstance(raw, dict) or set(raw) - {"models"}:
