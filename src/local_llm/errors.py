@@ -110,3 +110,11 @@ class EngineUnavailableError(LocalLLMError):
     category = ErrorCategory.UNAVAILABLE
     error_type = "server_error"
     code = "engine_unavailable"
+
+
+class EngineError(LocalLLMError):
+    """An engine failed on a request for a reason of its own, not the client's; the model keeps serving."""
+
+    category = ErrorCategory.UNAVAILABLE
+    error_type = "server_error"
+    code = "engine_error"

@@ -31,3 +31,13 @@ class Engine(ABC):
     @abstractmethod
     async def stop(self) -> None:
         """Release the model and its memory."""
+
+    @property
+    def max_model_len(self) -> int | None:
+        """Longest input (chat: prompt plus completion) in tokens, once started; None if unbounded."""
+        return None
+
+    @property
+    def running_requests(self) -> int | None:
+        """Requests being computed right now, where the backend can tell."""
+        return None

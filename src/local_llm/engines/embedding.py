@@ -189,6 +189,10 @@ class SentenceTransformersEmbeddingEngine(EmbeddingEngine):
         return len(self.model.tokenizer)
 
     @property
+    def max_model_len(self) -> int:
+        return self.max_input_tokens
+
+    @property
     def queue(self) -> BatchQueue[TokenIds, np.ndarray]:
         if self._queue is None:
             raise RuntimeError(f"embedding engine for {self.spec.name} is not started")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import time
 from collections.abc import Iterable
 
 from local_llm.config import Settings
 from local_llm.engines.base import Engine
+from local_llm.engines.chat.vllm_engine import VllmChatEngine
 from local_llm.engines.embedding import SentenceTransformersEmbeddingEngine
 from local_llm.errors import EngineUnavailableError
 from local_llm.placement import Placement, PlacementPlan
@@ -17,13 +19,17 @@ from local_llm.registry.spec import ModelKind, ModelSpec
 logger = logging.getLogger(__name__)
 
 # The libraries each kind's engine imports when it loads: seconds of work a first request need not wait for.
-_BACKEND_MODULES = {ModelKind.EMBEDDING: ("torch", "sentence_transformers")}
+_BACKEND_MODULES = {
+    ModelKind.EMBEDDING: ("torch", "sentence_transformers"),
+    ModelKind.CHAT: ("torch", "vllm.v1.engine.async_llm", "vllm.entrypoints.openai.chat_completion.serving"),
+}
 
 
 def preload_backends(kinds: Iterable[ModelKind]) -> None:
     """Import the engine libraries for ``kinds`` ahead of the first request (blocking; run in a thread)."""
     started = time.perf_counter()
-    modules = [m for kind in set(kinds) for m in _BACKEND_MODULES.get(kind, ())]
+    wanted = [m for kind in set(kinds) for m in _BACKEND_MODULES.get(kind, ())]
+    modules = [m for m in dict.fromkeys(wanted) if importlib.util.find_spec(m.split(".")[0]) is not None]
     for module in modules:
         importlib.import_module(module)
     if modules:
@@ -45,6 +51,20 @@ def create_engine(spec: ModelSpec, plan: PlacementPlan, settings: Settings) -> E
             batch_tokens=settings.embedding_batch_tokens,
             max_queued=settings.max_queued_inputs,
         )
+    if spec.kind is ModelKind.CHAT:
+        engine = spec.options.engine or chat_engine_name(settings)
+        if engine == "vllm":
+            return VllmChatEngine(spec, plan, settings)
+        raise EngineUnavailableError(
+            f"Model '{spec.name}' asks for the {engine} chat engine, which is not available here."
+        )
     raise EngineUnavailableError(
         f"Model '{spec.name}' is a {spec.kind.value} model; no engine serves those yet."
     )
+
+
+def chat_engine_name(settings: Settings) -> str:
+    """LLM_CHAT_ENGINE, with ``auto`` meaning vLLM where it is installed."""
+    if settings.chat_engine != "auto":
+        return settings.chat_engine
+    return "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"

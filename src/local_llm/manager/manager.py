@@ -72,6 +72,8 @@ class ModelStatus:
     error: str | None
     measured_bytes: int | None
     load_seconds: float | None
+    max_model_len: int | None
+    running_requests: int | None
 
 
 class ModelManager:
@@ -251,6 +253,8 @@ class ModelManager:
             error=slot.error,
             measured_bytes=engine.memory_bytes if engine else None,
             load_seconds=slot.load_seconds,
+            max_model_len=engine.max_model_len if engine else None,
+            running_requests=engine.running_requests if engine else None,
         )
 
     def statuses(self) -> list[ModelStatus]:

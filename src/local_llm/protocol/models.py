@@ -27,7 +27,10 @@ class ModelCard(BaseModel):
     estimated_bytes: int | None = None
     measured_bytes: int | None = None
     load_seconds: float | None = None
+    max_model_len: int | None = None
+    # Requests holding the model, and (where the engine tells) those it is computing right now.
     in_flight: int = 0
+    running_requests: int | None = None
     error: str | None = None
 
 

@@ -61,16 +61,28 @@ def find_weights(folder: Path) -> Weights:
     raise UnservableFolder("no weight files (*.safetensors, pytorch_model*.bin or *.gguf)")
 
 
+def read_chat_template(folder: Path) -> str | None:
+    """The model's chat template (``chat_template.jinja`` or tokenizer_config.json), if it has one."""
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8", errors="replace")
+    for name, key in (("chat_template.json", "chat_template"), ("tokenizer_config.json", "chat_template")):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            template = read_json(path).get(key)
+        except UnservableFolder:
+            continue
+        if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
+            template = next((t.get("template") for t in template if isinstance(t, dict)), None)
+        if isinstance(template, str) and template:
+            return template
+    return None
+
+
 def has_chat_template(folder: Path) -> bool:
-    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
-        return True
-    tokenizer_config = folder / "tokenizer_config.json"
-    if not tokenizer_config.is_file():
-        return False
-    try:
-        return bool(read_json(tokenizer_config).get("chat_template"))
-    except UnservableFolder:
-        return False
+    return read_chat_template(folder) is not None
 
 
 def quantization_of(config: dict[str, Any]) -> str | None:
@@ -154,7 +166,5 @@ def classify(folder: Path, name: str) -> Classification:
     if hinted is not None:
         return Classification(hinted, f"no architecture in config.json; the name suggests {hinted.value}")
     if config is None:
-        if any(folder.glob("*.gguf")):
-            raise UnservableFolder("GGUF file: not served yet (GGUF import comes with the chat engine)")
         raise UnservableFolder("no config.json, modules.json or *.gguf: not a Hugging Face model folder")
     raise UnservableFolder("config.json names no architecture and the name gives no hint")

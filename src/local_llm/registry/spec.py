@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+#: Which engine serves a chat model; ``None`` follows LLM_CHAT_ENGINE.
+ChatEngineName = Literal["vllm", "transformers"]
 
 
 class ModelKind(str, Enum):
@@ -30,6 +33,10 @@ class ModelOptions:
     # Matryoshka-trained embedders may be truncated with `dimensions`; others are refused.
     matryoshka: bool = False
     engine_options: dict[str, Any] = field(default_factory=dict)
+    # Chat models: the engine, and vLLM's tool-call / reasoning parser names (detected when unset).
+    engine: ChatEngineName | None = None
+    tool_call_parser: str | None = None
+    reasoning_parser: str | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,8 @@ class ModelSpec:
     aliases: tuple[str, ...] = ()
     quantization: str | None = None
     options: ModelOptions = field(default_factory=ModelOptions)
+    # Chat models: whether the model has a chat template (without one it serves completions only).
+    chat_template: bool = False
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -12,12 +12,15 @@ from fastapi import Depends, FastAPI
 from local_llm import __version__
 from local_llm.config import Settings
 from local_llm.engines.factory import preload_backends
+from local_llm.engines.gguf_import import ensure_imported
+from local_llm.engines.vllm_environment import configure_vllm_environment
 from local_llm.manager import ModelManager
-from local_llm.registry import ModelRegistry
+from local_llm.registry import ModelRegistry, WeightFormat
 from local_llm.server.auth import require_api_key
 from local_llm.server.errors import install_error_handlers
 from local_llm.server.middleware import BodySizeLimit
-from local_llm.server.routers import embeddings, health, models
+from local_llm.server.routers import chat, embeddings, health, models
+from local_llm.server.serving.chat import ChatService
 from local_llm.server.serving.embeddings import EmbeddingsService
 from local_llm.server.serving.models import ModelsService
 
@@ -39,28 +42,45 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
     """Build the app; ``registry`` defaults to discovering ``settings.models_dir``."""
     registry = registry or ModelRegistry.discover(settings.models_dir, settings.bundled_models)
     log_discovery(registry)
+    configure_vllm_environment(settings)
     manager = ModelManager(registry, settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        # Import heavy libraries while the server already answers, so a first request finds them ready.
-        preloading = asyncio.create_task(
-            asyncio.to_thread(preload_backends, (m.kind for m in registry.models))
-        )
+        # While the server already answers: import heavy libraries and import GGUF files, so a
+        # first request finds them ready (a request that comes sooner waits for the same work).
+        preparing = [
+            asyncio.create_task(asyncio.to_thread(preload_backends, (m.kind for m in registry.models))),
+            asyncio.create_task(import_gguf_models(registry, settings)),
+        ]
         yield
-        await asyncio.gather(preloading, return_exceptions=True)
+        for task in preparing:
+            task.cancel()
+        await asyncio.gather(*preparing, return_exceptions=True)
         await manager.shutdown()
 
     app = FastAPI(title="local-llm-interface", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.manager = manager
     app.state.embeddings = EmbeddingsService(manager, settings)
+    app.state.chat = ChatService(manager)
     app.state.models = ModelsService(manager, settings.embedding_batch_tokens)
 
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_body_bytes)
     authenticated = [Depends(require_api_key)]
+    app.include_router(chat.router, dependencies=authenticated)
     app.include_router(embeddings.router, dependencies=authenticated)
     app.include_router(models.router, dependencies=authenticated)
     app.include_router(health.router)
     return app
+
+
+async def import_gguf_models(registry: ModelRegistry, settings: Settings) -> None:
+    """Import every GGUF model once (later starts find the folders ready); failures wait for a request."""
+    for spec in registry.models:
+        if spec.weight_format is WeightFormat.GGUF:
+            try:
+                await ensure_imported(spec.path, settings.data_dir)
+            except Exception:
+                logger.exception("importing %s failed; a request for it will retry", spec.path)

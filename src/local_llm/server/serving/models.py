@@ -40,7 +40,9 @@ class ModelsService:
             estimated_bytes=plan.estimated_bytes if plan else self._estimates[spec.name],
             measured_bytes=status.measured_bytes,
             load_seconds=round(status.load_seconds, 3) if status.load_seconds is not None else None,
+            max_model_len=status.max_model_len,
             in_flight=status.in_flight,
+            running_requests=status.running_requests,
             error=status.error,
         )
 

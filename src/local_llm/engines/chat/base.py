@@ -1,0 +1,25 @@
+"""What a chat backend offers the chat and completions services."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import AsyncIterator
+
+from local_llm.engines.base import Engine
+from local_llm.protocol.chat import ChatCompletionRequest, CompletionRequest
+
+# A finished answer (an OpenAI JSON body), or a stream of server-sent events ending with
+# ``data: [DONE]``. Streams abort their generation when closed early (the client went away).
+ChatResult = bytes | AsyncIterator[bytes]
+
+
+class ChatEngine(Engine):
+    """A causal LM serving OpenAI chat completions and legacy completions."""
+
+    @abstractmethod
+    async def chat(self, request: ChatCompletionRequest) -> ChatResult:
+        """Answer a chat completion; raises LocalLLMError subclasses for requests the model refuses."""
+
+    @abstractmethod
+    async def complete(self, request: CompletionRequest) -> ChatResult:
+        """Answer a legacy completion."""

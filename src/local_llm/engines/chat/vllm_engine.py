@@ -1,0 +1,251 @@
+"""Chat on vLLM: an ``AsyncLLM`` per model, answered through vLLM's own OpenAI serving classes.
+
+vLLM's ``OpenAIServingChat`` / ``OpenAIServingCompletion`` render chat templates, turn every
+sampling field into ``SamplingParams``, constrain output for ``response_format`` and
+``tool_choice`` (xgrammar), parse tool calls with the model family's parser and stream OpenAI
+chunks. Reusing them, rather than re-implementing them, keeps every field behaving exactly as in
+``vllm serve``; this class adds what a multi-model server needs around them: engine arguments
+from Settings and the placement plan, GGUF import, errors in our categories, and shutdown that
+ends vLLM's engine process so its memory comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from local_llm.config import Settings
+from local_llm.engines.chat.base import ChatEngine, ChatResult
+from local_llm.engines.chat.parsers import reasoning_parser, tool_call_parser
+from local_llm.engines.gguf_import import ensure_imported
+from local_llm.errors import ContextLengthExceededError, EngineError, InvalidRequestError
+from local_llm.placement import Placement, PlacementPlan
+from local_llm.protocol.chat import ChatCompletionRequest, CompletionRequest
+from local_llm.registry.classify import read_chat_template, read_json
+from local_llm.registry.spec import ModelSpec, WeightFormat
+
+if TYPE_CHECKING:
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+logger = logging.getLogger(__name__)
+
+
+class VllmChatEngine(ChatEngine):
+    backend = "vllm"
+
+    def __init__(self, spec: ModelSpec, plan: PlacementPlan, settings: Settings) -> None:
+        super().__init__(spec, plan)
+        self._settings = settings
+        self._engine: AsyncLLM | None = None
+        self._chat: Any = None
+        self._completion: Any = None
+        self._chat_request_type: Any = None
+        self._completion_request_type: Any = None
+        self._tool_parser: str | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        started = time.perf_counter()
+        folder = self.spec.path
+        if self.spec.weight_format is WeightFormat.GGUF:
+            folder = await ensure_imported(self.spec.path, self._settings.data_dir)
+        logger.info("starting vLLM for %s (%s)", self.spec.name, self._describe_args(folder))
+        self._engine = await asyncio.to_thread(self._create_engine, folder)
+        self._build_serving(folder)
+        self.memory_bytes = _weight_bytes(folder) + self._kv_cache_bytes()
+        logger.info(
+            "chat model %s ready on vLLM in %.1fs: context %d tokens, tool parser %s",
+            self.spec.name,
+            time.perf_counter() - started,
+            self.max_model_len,
+            self._tool_parser or "none (tool_choice auto unavailable; required and named work)",
+        )
+
+    def _engine_args(self, folder: Path) -> dict[str, Any]:
+        settings, on_gpu = self._settings, self.plan.placement is not Placement.CPU
+        args: dict[str, Any] = {
+            "model": str(folder),
+            "served_model_name": [self.spec.name],
+            "dtype": settings.vllm_dtype,
+            "max_model_len": self._max_model_len(folder),
+            "enforce_eager": settings.vllm_enforce_eager,
+            "trust_remote_code": self.spec.options.trust_remote_code,
+            "tensor_parallel_size": settings.vllm_tensor_parallel_size,
+            # vLLM's "auto" backend failed on the CPU build; xgrammar works on both.
+            "structured_outputs_config": {"backend": "xgrammar"},
+            "disable_log_stats": True,
+        }
+        if settings.vllm_max_num_seqs:
+            args["max_num_seqs"] = settings.vllm_max_num_seqs
+        if on_gpu:
+            args["gpu_memory_utilization"] = settings.gpu_memory_utilization
+            if settings.vllm_cpu_offload_gb:
+                args["cpu_offload_gb"] = settings.vllm_cpu_offload_gb
+        else:
+            # Without an explicit size the CPU build applies the "GPU" fraction to all of RAM.
+            args["kv_cache_memory_bytes"] = self._kv_cache_bytes()
+        args.update(self.spec.options.engine_options)
+        return args
+
+    def _describe_args(self, folder: Path) -> str:
+        args = self._engine_args(folder)
+        shown = ("dtype", "max_model_len", "enforce_eager", "kv_cache_memory_bytes", "gpu_memory_utilization")
+        return ", ".join(f"{key}={args[key]}" for key in shown if key in args)
+
+    def _create_engine(self, folder: Path) -> AsyncLLM:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        return AsyncLLM.from_engine_args(AsyncEngineArgs(**self._engine_args(folder)))
+
+    def _build_serving(self, folder: Path) -> None:
+        from vllm.entrypoints.openai.chat_completion.protocol import (
+            ChatCompletionRequest as VllmChatRequest,
+        )
+        from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
+        from vllm.entrypoints.openai.completion.protocol import CompletionRequest as VllmCompletionRequest
+        from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
+        from vllm.entrypoints.openai.models.protocol import BaseModelPath
+        from vllm.entrypoints.openai.models.serving import OpenAIServingModels
+        from vllm.renderers.online_renderer import OnlineRenderer
+
+        engine = self.engine
+        template = read_chat_template(folder)
+        model_type = str(read_json(folder / "config.json").get("model_type", ""))
+        self._tool_parser = tool_call_parser(self.spec, template)
+        tools = {
+            "enable_auto_tools": self._tool_parser is not None,
+            "tool_parser": self._tool_parser,
+            "reasoning_parser": reasoning_parser(self.spec, template, model_type) or "",
+        }
+        models = OpenAIServingModels(engine, [BaseModelPath(name=self.spec.name, model_path=str(folder))])
+        renderer = OnlineRenderer(
+            engine.model_config,
+            engine.renderer,
+            request_logger=None,
+            chat_template=None,
+            chat_template_content_format="auto",
+            **{**tools, "reasoning_parser": tools["reasoning_parser"] or None},
+        )
+        self._chat = OpenAIServingChat(
+            engine,
+            models,
+            "assistant",
+            online_renderer=renderer,
+            request_logger=None,
+            chat_template=None,
+            chat_template_content_format="auto",
+            **tools,
+        )
+        self._completion = OpenAIServingCompletion(
+            engine, models, online_renderer=renderer, request_logger=None
+        )
+        self._chat_request_type = VllmChatRequest
+        self._completion_request_type = VllmCompletionRequest
+
+    async def stop(self) -> None:
+        engine, self._engine = self._engine, None
+        self._chat = self._completion = None
+        if engine is not None:
+            # Ends vLLM's engine-core process: that is what returns the weights' and KV cache's memory.
+            await asyncio.to_thread(engine.shutdown)
+
+    # --- properties ----------------------------------------------------------------------------
+    @property
+    def engine(self) -> AsyncLLM:
+        if self._engine is None:
+            raise RuntimeError(f"vLLM engine for {self.spec.name} is not started")
+        return self._engine
+
+    @property
+    def max_model_len(self) -> int:
+        return int(self.engine.model_config.max_model_len)
+
+    @property
+    def running_requests(self) -> int:
+        if self._engine is None:
+            return 0
+        return int(self._engine.output_processor.get_num_unfinished_requests())
+
+    def _max_model_len(self, folder: Path) -> int | None:
+        """LLM_VLLM_MAX_MODEL_LEN, but never more than the model's own (vLLM refuses that)."""
+        cap = self._settings.vllm_max_model_len
+        if cap is None:
+            return None
+        config = read_json(folder / "config.json")
+        own = config.get("max_position_embeddings") or config.get("text_config", {}).get(
+            "max_position_embeddings"
+        )
+        return min(cap, int(own)) if isinstance(own, int) else cap
+
+    def _kv_cache_bytes(self) -> int:
+        return int(self._settings.vllm_kv_cache_gb * 1024**3) if self.plan.placement is Placement.CPU else 0
+
+    # --- requests ------------------------------------------------------------------------------
+    async def chat(self, request: ChatCompletionRequest) -> ChatResult:
+        vllm_request = self._to_vllm(self._chat_request_type, request)
+        return await self._run(self._chat.create_chat_completion(vllm_request))
+
+    async def complete(self, request: CompletionRequest) -> ChatResult:
+        vllm_request = self._to_vllm(self._completion_request_type, request)
+        return await self._run(self._completion.create_completion(vllm_request))
+
+    def _to_vllm(self, request_type: Any, request: ChatCompletionRequest | CompletionRequest) -> Any:
+        """vLLM's request object for ours (already validated; vLLM checks its own extras)."""
+        fields = {**request.engine_fields(), "model": self.spec.name}
+        try:
+            return request_type.model_validate(fields)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            location = first.get("loc", ())
+            param = str(location[0]) if location else None
+            message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+            raise InvalidRequestError(message, param=param) from None
+
+    async def _run(self, call: Any) -> ChatResult:
+        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+        from vllm.exceptions import VLLMClientError
+
+        try:
+            result = await call
+        except VLLMClientError as exc:
+            raise _client_error(str(exc), getattr(exc, "parameter", None)) from None
+        except (ValueError, TypeError) as exc:
+            # vLLM's own API server answers these with 400 too (bad template input, bad token ids, ...).
+            logger.info("vLLM refused a request for %s: %s", self.spec.name, exc)
+            raise _client_error(str(exc), None) from None
+        if isinstance(result, ErrorResponse):
+            error = result.error
+            if error.code < 500:
+                raise _client_error(error.message, error.param)
+            raise EngineError(f"vLLM failed on the request: {error.message}")
+        if isinstance(result, AsyncIterator):
+            return _encoded(result)
+        return result.model_dump_json(exclude_none=True).encode()
+
+
+def _client_error(message: str, param: str | None) -> InvalidRequestError:
+    if "maximum context length" in message or "context length" in message and "exceed" in message:
+        return ContextLengthExceededError(message, param=param or "messages")
+    return InvalidRequestError(message, param=param)
+
+
+async def _encoded(events: AsyncIterator[str]) -> AsyncIterator[bytes]:
+    """vLLM's SSE strings as bytes; closing this closes vLLM's generator, which aborts the request."""
+    try:
+        async for event in events:
+            yield event.encode()
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _weight_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.glob("*.safetensors"))

@@ -1,0 +1,72 @@
+"""Import a GGUF file once as a safetensors model folder that vLLM and transformers load fast.
+
+transformers de-quantizes GGUF tensors into a model it cannot save (it stays marked as GGUF), so
+the weights are copied into a fresh model built from the same config and saved with the tokenizer
+(chat template included). The folder lands in ``LLM_DATA_DIR/imported`` under a name keyed on the
+file's size and mtime, is written to a temporary folder and renamed when complete (a crash never
+leaves half a model), and is reused by every later start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import shutil
+import time
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+_DONE_MARKER = ".import-complete"
+# One import per destination at a time, however many requests or start-up tasks ask for it.
+_locks: dict[Path, asyncio.Lock] = {}
+
+
+def imported_folder(gguf_file: Path, data_dir: Path) -> Path:
+    """Where ``gguf_file`` is (or will be) imported: stable for an unchanged file."""
+    stat = gguf_file.stat()
+    key = hashlib.sha256(f"{gguf_file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+    return data_dir / "imported" / f"{gguf_file.stem}-{key[:12]}"
+
+
+def is_imported(folder: Path) -> bool:
+    return (folder / _DONE_MARKER).is_file()
+
+
+async def ensure_imported(gguf_file: Path, data_dir: Path) -> Path:
+    """The imported folder for ``gguf_file``, importing it first if needed (single-flight)."""
+    destination = imported_folder(gguf_file, data_dir)
+    lock = _locks.setdefault(destination, asyncio.Lock())
+    async with lock:
+        if not is_imported(destination):
+            await asyncio.to_thread(import_gguf, gguf_file, destination)
+    return destination
+
+
+def import_gguf(gguf_file: Path, destination: Path) -> None:
+    """Convert ``gguf_file`` into ``destination`` (blocking; tens of seconds for a small model)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    started = time.perf_counter()
+    size_mb = gguf_file.stat().st_size / 1e6
+    logger.info("importing %s (%.0f MB) into %s: reading the tokenizer", gguf_file.name, size_mb, destination)
+    folder, name = gguf_file.parent, gguf_file.name
+    partial = destination.with_name(destination.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    dtype = torch.bfloat16
+    logger.info("importing %s: de-quantizing %s weights to %s", gguf_file.name, config.model_type, dtype)
+    dequantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.load_state_dict(dequantized.state_dict(), strict=True)
+    del dequantized
+    logger.info("importing %s: writing safetensors", gguf_file.name)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    (partial / _DONE_MARKER).write_text(f"{gguf_file}\n")
+    shutil.rmtree(destination, ignore_errors=True)
+    partial.rename(destination)
+    logger.info("imported %s in %.1fs into %s", gguf_file.name, time.perf_counter() - started, destination)
