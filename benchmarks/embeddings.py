@@ -41,17 +41,15 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
-from typing import IO
 
 import httpx
 import numpy as np
@@ -59,8 +57,16 @@ import psutil
 
 # benchmarks/ is sys.path[0] when this file runs as a script.
 from corpus import build_corpus
+from harness import (
+    REPO,
+    child_env,
+    cpu_model,
+    ram_gib,
+    running_server,
+    version,
+    write_docs,
+)
 
-REPO = Path(__file__).resolve().parent.parent
 MODEL_NAME = "all-MiniLM-L6-v2"
 OUR_SERVER = REPO / ".venv" / "bin" / "local-llm"
 INFINITY_VENV = REPO / ".bench" / "infinity-venv"
@@ -70,14 +76,12 @@ INFINITY_REQUIREMENTS = ("torch==2.13.0", "infinity-emb[server,torch]==0.0.78")
 # Linux wheels of these on PyPI are CUDA builds that fail to load beside a CPU torch (see
 # scripts/setup.sh); infinity-emb does not need them for text.
 CUDA_LEFTOVERS = ("torchvision", "torchaudio", "torchcodec", "triton")
-DOCS = REPO / "docs" / "benchmarks.md"
 DOCS_START = "<!-- benchmarks/embeddings.py:start -->"
 DOCS_END = "<!-- benchmarks/embeddings.py:end -->"
 # Below this cosine against the ceiling's vectors a server is not computing the same embedding.
 MIN_COSINE = 0.999
 GOAL_VS_RAW = 0.9
 GOAL_VS_INFINITY = 1.2
-START_TIMEOUT_S = 300.0
 # A machine is "quiet" when processes other than ours use less than this many cores.
 QUIET_CORES = 0.25
 QUIET_WINDOW_S = 3.0
@@ -174,29 +178,6 @@ class CeilingRun:
 
 
 # --- machine ---------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def ram_gib() -> float:
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) / 2**20
-    return 0.0
-
-
-def version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "absent"
-
-
 def machine_line(infinity_versions: dict[str, str] | None) -> str:
     cores = os.cpu_count() or 0
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
@@ -313,80 +294,6 @@ def measure_ceiling(
 
 
 # --- processes -----------------------------------------------------------------------------------
-def port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def stop_process(process: subprocess.Popen[bytes], name: str) -> None:
-    """SIGTERM to the process group we created (a graceful uvicorn shutdown), SIGKILL if it hangs."""
-    if process.poll() is not None:
-        return
-    try:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            print(f"  {name} ignored SIGTERM for 20 s; killing it", file=sys.stderr)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    except KeyboardInterrupt:
-        # A second Ctrl-C while waiting: do not leave the server behind.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-        raise
-
-
-def log_tail(path: Path, lines: int = 30) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-@contextlib.contextmanager
-def running_server(
-    name: str, argv: list[str], port: int, log_path: Path, env: dict[str, str]
-) -> Iterator[subprocess.Popen[bytes]]:
-    """Start ``argv``, wait until ``GET /health`` answers 200, and always stop it afterwards.
-
-    The child gets a session of its own, so a Ctrl-C in the terminal reaches only this script,
-    which then stops the server in order (and its process group, should it have spawned workers).
-    """
-    if not port_is_free(port):
-        raise RuntimeError(f"port {port} is taken (a server left over from another run?); use --port-base")
-    print(f"  starting {name}: {shlex.join(argv)}\n  log: {log_path}", flush=True)
-    log: IO[bytes] = log_path.open("wb")
-    process = subprocess.Popen(
-        argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True
-    )
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{name} exited with {process.returncode}:\n{log_tail(log_path)}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{name} not healthy after {START_TIMEOUT_S:.0f} s:\n{log_tail(log_path)}")
-            time.sleep(0.5)
-        yield process
-    finally:
-        stop_process(process, name)
-        log.close()
-
-
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", DO_NOT_TRACK="1", TOKENIZERS_PARALLELISM="false")
-    return env
-
-
 def notable_lines(path: Path, limit: int = 12) -> list[str]:
     """Lines of a server log worth a look: warnings, errors, and the load/warm-up reports."""
     pattern = re.compile(
@@ -642,27 +549,6 @@ def docs_section(
     )
 
 
-def write_docs(section: str) -> None:
-    """Replace the generated section of docs/benchmarks.md, or add it; the rest is left alone."""
-    if DOCS.exists():
-        text = DOCS.read_text()
-        if DOCS_START in text and DOCS_END in text:
-            head, rest = text.split(DOCS_START, 1)
-            tail = rest.split(DOCS_END, 1)[1]
-            text = head + section + tail
-        else:
-            text = text.rstrip("\n") + "\n\n" + section + "\n"
-    else:
-        DOCS.parent.mkdir(parents=True, exist_ok=True)
-        text = (
-            "# Benchmarks\n\nEach section names its machine and the command that reproduces it.\n\n"
-            + section
-            + "\n"
-        )
-    DOCS.write_text(text)
-    print(f"\nwrote {DOCS.relative_to(REPO)}")
-
-
 # --- main ------------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
@@ -838,7 +724,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 table_md=table_md,
                 verdict=verdict,
                 explanation=explanation,
-            )
+            ),
+            DOCS_START,
+            DOCS_END,
         )
     return 0
 

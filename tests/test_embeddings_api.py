@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import RunningServer
+from conftest import RunningServer, assert_error
 
 MINILM = "all-MiniLM-L6-v2"
 SENTENCES = [
@@ -32,21 +32,6 @@ def assert_parity(got: list[list[float]] | np.ndarray, expected: np.ndarray) -> 
     assert got_array.shape == expected.shape
     for row, ref in zip(got_array, expected, strict=True):
         assert cosine(row, ref) >= 0.9999
-
-
-def assert_error(
-    response: httpx.Response, status: int, param: str | None = None, code: str | None = None
-) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert error["message"]
-    if param is not None:
-        assert error["param"] == param
-    if code is not None:
-        assert error["code"] == code
-    return error
 
 
 # --- parity with sentence-transformers --------------------------------------------------------------------
@@ -323,5 +308,5 @@ def test_empty_body_and_missing_content_type_say_what_to_do(http: httpx.Client) 
 
 
 def test_unknown_route_names_itself(http: httpx.Client) -> None:
-    error = assert_error(http.post("/v1/chat/completions", json={}), 404, code="not_found")
-    assert "POST /v1/chat/completions" in error["message"]
+    error = assert_error(http.post("/v1/audio/speech", json={}), 404, code="not_found")
+    assert "POST /v1/audio/speech" in error["message"]

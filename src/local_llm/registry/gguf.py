@@ -17,7 +17,19 @@ from local_llm.registry.classify import UnservableFolder
 
 _MAGIC = b"GGUF"
 # Value types of the metadata section, with their struct formats (strings and arrays are special).
-_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_SCALARS = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
 _STRING, _ARRAY = 8, 9
 _WANTED = ("general.architecture", "general.name", "general.file_type", "tokenizer.chat_template")
 # Encoder architectures a GGUF may hold; they are not chat models and are not imported.
@@ -48,7 +60,7 @@ class _Reader:
         data = self._file.read(size)
         if len(data) != size:
             raise UnservableFolder("GGUF file is truncated")
-        return struct.unpack(fmt, data)[0]  # type: ignore[no-any-return]
+        return struct.unpack(fmt, data)[0]
 
     def string(self) -> str:
         length = int(self.unpack("<Q"))
@@ -115,5 +127,7 @@ def classify_gguf(summary: GGUFSummary) -> str:
             f"GGUF of the encoder architecture '{summary.architecture}': only chat/completion models are "
             "imported from GGUF; serve the model's safetensors folder instead"
         )
-    template = "with a chat template" if summary.chat_template else "without a chat template (completions only)"
+    template = (
+        "with a chat template" if summary.chat_template else "without a chat template (completions only)"
+    )
     return f"GGUF {summary.architecture} {template}, imported as safetensors on first use"

@@ -20,8 +20,13 @@ _TOOL_PARSERS = (
 )
 
 
+# vLLM needs a parser even for tool_choice "required" or a named function, where it constrains the
+# output to JSON itself; Hermes' is the generic one (and the most common tool format).
+FALLBACK_TOOL_PARSER = "hermes"
+
+
 def tool_call_parser(spec: ModelSpec, chat_template: str | None) -> str | None:
-    """The vLLM tool parser for ``spec``; None when the template shows no tool-call format."""
+    """The vLLM tool parser the model's template shows it was trained for; None when it shows none."""
     if spec.options.tool_call_parser:
         return spec.options.tool_call_parser
     template = chat_template or ""

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from local_llm.config import Settings
 from local_llm.engines.chat.base import ChatEngine, ChatResult
-from local_llm.engines.chat.parsers import reasoning_parser, tool_call_parser
+from local_llm.engines.chat.parsers import FALLBACK_TOOL_PARSER, reasoning_parser, tool_call_parser
 from local_llm.engines.gguf_import import ensure_imported
 from local_llm.errors import ContextLengthExceededError, EngineError, InvalidRequestError
 from local_llm.placement import Placement, PlacementPlan
@@ -34,6 +34,11 @@ if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM
 
 logger = logging.getLogger(__name__)
+
+
+# vLLM's "auto" backend failed on the CPU build; xgrammar works on both. Compact JSON: with any
+# whitespace allowed, small models often pad JSON with blanks until max_tokens runs out.
+STRUCTURED_OUTPUTS_CONFIG = {"backend": "xgrammar", "disable_any_whitespace": True}
 
 
 class VllmChatEngine(ChatEngine):
@@ -64,7 +69,7 @@ class VllmChatEngine(ChatEngine):
             self.spec.name,
             time.perf_counter() - started,
             self.max_model_len,
-            self._tool_parser or "none (tool_choice auto unavailable; required and named work)",
+            self._tool_parser,
         )
 
     def _engine_args(self, folder: Path) -> dict[str, Any]:
@@ -77,8 +82,7 @@ class VllmChatEngine(ChatEngine):
             "enforce_eager": settings.vllm_enforce_eager,
             "trust_remote_code": self.spec.options.trust_remote_code,
             "tensor_parallel_size": settings.vllm_tensor_parallel_size,
-            # vLLM's "auto" backend failed on the CPU build; xgrammar works on both.
-            "structured_outputs_config": {"backend": "xgrammar"},
+            "structured_outputs_config": STRUCTURED_OUTPUTS_CONFIG,
             "disable_log_stats": True,
         }
         if settings.vllm_max_num_seqs:
@@ -118,12 +122,11 @@ class VllmChatEngine(ChatEngine):
         engine = self.engine
         template = read_chat_template(folder)
         model_type = str(read_json(folder / "config.json").get("model_type", ""))
-        self._tool_parser = tool_call_parser(self.spec, template)
-        tools = {
-            "enable_auto_tools": self._tool_parser is not None,
-            "tool_parser": self._tool_parser,
-            "reasoning_parser": reasoning_parser(self.spec, template, model_type) or "",
-        }
+        # vLLM parses tool calls only with a parser enabled, even for "required" and named functions
+        # (whose output it constrains to JSON itself); a model whose template shows no tool format
+        # gets the generic Hermes parser for those.
+        self._tool_parser = tool_call_parser(self.spec, template) or FALLBACK_TOOL_PARSER
+        thinking = reasoning_parser(self.spec, template, model_type)
         models = OpenAIServingModels(engine, [BaseModelPath(name=self.spec.name, model_path=str(folder))])
         renderer = OnlineRenderer(
             engine.model_config,
@@ -131,7 +134,9 @@ class VllmChatEngine(ChatEngine):
             request_logger=None,
             chat_template=None,
             chat_template_content_format="auto",
-            **{**tools, "reasoning_parser": tools["reasoning_parser"] or None},
+            enable_auto_tools=True,
+            tool_parser=self._tool_parser,
+            reasoning_parser=thinking,
         )
         self._chat = OpenAIServingChat(
             engine,
@@ -141,7 +146,9 @@ class VllmChatEngine(ChatEngine):
             request_logger=None,
             chat_template=None,
             chat_template_content_format="auto",
-            **tools,
+            enable_auto_tools=True,
+            tool_parser=self._tool_parser,
+            reasoning_parser=thinking or "",
         )
         self._completion = OpenAIServingCompletion(
             engine, models, online_renderer=renderer, request_logger=None
@@ -231,7 +238,7 @@ class VllmChatEngine(ChatEngine):
 
 
 def _client_error(message: str, param: str | None) -> InvalidRequestError:
-    if "maximum context length" in message or "context length" in message and "exceed" in message:
+    if "maximum context length" in message or ("context length" in message and "exceed" in message):
         return ContextLengthExceededError(message, param=param or "messages")
     return InvalidRequestError(message, param=param)
 
