@@ -25,6 +25,8 @@ models:
     type: reranker
   disabled-embed:
     enabled: false
+  tiny-chat-hf:
+    engine: transformers
   no-such-folder:
     name: ghost
 """
@@ -169,6 +171,7 @@ def build_zoo(root: Path, data_dir: Path) -> Path:
     build_cross_encoder(root / "tiny-classifier", labels=3)
     smollm2 = imported_smollm2(data_dir)
     build_chat_model(root / "tiny-chat", smollm2)
+    shutil.copytree(root / "tiny-chat", root / "tiny-chat-hf")
     build_chat_model(root / "tiny-base", smollm2, chat_template=False)
 
     # A folder whose files are discoverable but whose weights are garbage: loading must fail cleanly.

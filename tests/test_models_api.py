@@ -22,6 +22,7 @@ def test_models_list_every_discovered_model_with_type_and_state(openai_client, h
         "Qwen3-Embedding-tiny": "embedding",
         "tiny-chat": "chat",
         "tiny-base": "chat",
+        "tiny-chat-hf": "chat",
         "SmolLM2-135M-Instruct": "chat",
         "tiny-cross-encoder": "reranker",
         "as-reranker-by-yaml": "reranker",
@@ -62,7 +63,7 @@ def test_model_by_id_and_by_alias_with_a_slash(http: httpx.Client) -> None:
 def test_health_is_open(http: httpx.Client) -> None:
     body = http.get("/health").json()
     assert body["status"] == "ok"
-    assert body["models"] == 11
+    assert body["models"] == 12
 
 
 @pytest.fixture(scope="module")

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 
 from local_llm.placement import PlacementPlan
 from local_llm.registry.spec import ModelSpec
+
+# transformers resolves its names lazily, and not thread-safely: two threads importing from it at once
+# can fail with "cannot import name ...". Background preloading and every engine's load import their
+# libraries under this lock.
+IMPORT_LOCK = threading.Lock()
 
 
 class Engine(ABC):

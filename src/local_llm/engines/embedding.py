@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from local_llm.engines.base import Engine
+from local_llm.engines.base import IMPORT_LOCK, Engine
 from local_llm.engines.batching import BatchQueue, plan_forward_passes
 from local_llm.errors import InvalidRequestError
 
@@ -126,7 +126,8 @@ class SentenceTransformersEmbeddingEngine(EmbeddingEngine):
         )
 
     def _load(self) -> SentenceTransformer:
-        from sentence_transformers import SentenceTransformer
+        with IMPORT_LOCK:
+            from sentence_transformers import SentenceTransformer
 
         model = SentenceTransformer(
             str(self.spec.path),

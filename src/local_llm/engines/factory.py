@@ -9,7 +9,8 @@ import time
 from collections.abc import Iterable
 
 from local_llm.config import Settings
-from local_llm.engines.base import Engine
+from local_llm.engines.base import IMPORT_LOCK, Engine
+from local_llm.engines.chat.transformers_engine import TransformersChatEngine
 from local_llm.engines.chat.vllm_engine import VllmChatEngine
 from local_llm.engines.embedding import SentenceTransformersEmbeddingEngine
 from local_llm.errors import EngineUnavailableError
@@ -31,7 +32,8 @@ def preload_backends(kinds: Iterable[ModelKind]) -> None:
     wanted = [m for kind in set(kinds) for m in _BACKEND_MODULES.get(kind, ())]
     modules = [m for m in dict.fromkeys(wanted) if importlib.util.find_spec(m.split(".")[0]) is not None]
     for module in modules:
-        importlib.import_module(module)
+        with IMPORT_LOCK:
+            importlib.import_module(module)
     if modules:
         logger.info("engine libraries ready in %.1fs: %s", time.perf_counter() - started, ", ".join(modules))
 
@@ -53,11 +55,14 @@ def create_engine(spec: ModelSpec, plan: PlacementPlan, settings: Settings) -> E
         )
     if spec.kind is ModelKind.CHAT:
         engine = spec.options.engine or chat_engine_name(settings)
-        if engine == "vllm":
-            return VllmChatEngine(spec, plan, settings)
-        raise EngineUnavailableError(
-            f"Model '{spec.name}' asks for the {engine} chat engine, which is not available here."
-        )
+        if engine == "transformers":
+            return TransformersChatEngine(spec, plan, settings)
+        if importlib.util.find_spec("vllm") is None:
+            raise EngineUnavailableError(
+                f"Model '{spec.name}' asks for the vLLM engine, which is not installed here; install vLLM "
+                "or set `engine: transformers` for it in models.yaml."
+            )
+        return VllmChatEngine(spec, plan, settings)
     raise EngineUnavailableError(
         f"Model '{spec.name}' is a {spec.kind.value} model; no engine serves those yet."
     )

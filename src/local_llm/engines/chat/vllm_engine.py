@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from local_llm.config import Settings
+from local_llm.engines.base import IMPORT_LOCK
 from local_llm.engines.chat.base import ChatEngine, ChatResult
 from local_llm.engines.chat.parsers import FALLBACK_TOOL_PARSER, reasoning_parser, tool_call_parser
 from local_llm.engines.gguf_import import ensure_imported
@@ -103,8 +104,9 @@ class VllmChatEngine(ChatEngine):
         return ", ".join(f"{key}={args[key]}" for key in shown if key in args)
 
     def _create_engine(self, folder: Path) -> AsyncLLM:
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
+        with IMPORT_LOCK:
+            from vllm.engine.arg_utils import AsyncEngineArgs
+            from vllm.v1.engine.async_llm import AsyncLLM
 
         return AsyncLLM.from_engine_args(AsyncEngineArgs(**self._engine_args(folder)))
 
