@@ -23,8 +23,17 @@ from model_zoo import build_zoo, bundled_minilm_path
 SERVER_START_TIMEOUT_S = 120
 # Kept between runs (git-ignored): the imported SmolLM2 and vLLM's compile cache, made once.
 DATA_DIR = Path(__file__).parent.parent / ".cache" / "test-data"
-# vLLM settings every test server uses: eager start-up (13 s, not 40) and a small KV cache.
-CHAT_ARGS = ("--vllm-enforce-eager", "--vllm-kv-cache-gb", "0.25", "--vllm-max-model-len", "1024")
+# vLLM settings every test server uses: eager start-up (13 s, not 40), a small KV cache on a CPU, and
+# on a GPU a small share of it per engine, so several test models fit beside each other.
+CHAT_ARGS = (
+    "--vllm-enforce-eager",
+    "--vllm-kv-cache-gb",
+    "0.25",
+    "--vllm-max-model-len",
+    "1024",
+    "--gpu-memory-utilization",
+    "0.2",
+)
 
 
 def free_port() -> int:
@@ -126,7 +135,7 @@ def server(zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runn
 def openai_client(server: RunningServer):  # type: ignore[no-untyped-def]
     import openai
 
-    return openai.OpenAI(base_url=server.api, api_key="unused", max_retries=0, timeout=120)
+    return openai.OpenAI(base_url=server.api, api_key="unused", max_retries=0, timeout=300)
 
 
 @pytest.fixture(scope="session")

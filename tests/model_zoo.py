@@ -40,9 +40,13 @@ def bundled_minilm_path() -> Path:
 
 
 def _tokenizer():  # type: ignore[no-untyped-def]
+    """MiniLM's tokenizer for the tiny encoders: the bundled model's, or on a machine without the
+    package (the GPU machine) a folder named by LLM_TEST_ENCODER_TOKENIZER."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(bundled_minilm_path()))
+    bundled = bundled_model_path(BUNDLED_MODELS[0])
+    source = bundled or Path(os.environ.get("LLM_TEST_ENCODER_TOKENIZER", ""))
+    return AutoTokenizer.from_pretrained(str(source))
 
 
 def _bert_config(**extra: object):  # type: ignore[no-untyped-def]

@@ -400,10 +400,10 @@ def test_prompt_longer_than_the_context_is_context_length_exceeded(http: httpx.C
 
 
 def test_embedding_model_on_chat_and_chat_model_on_embeddings(http: httpx.Client) -> None:
-    assert_error(chat(http, model="all-MiniLM-L6-v2"), 400, param="model", code="model_type_mismatch")
+    assert_error(chat(http, model="tiny-embed"), 400, param="model", code="model_type_mismatch")
     response = http.post("/v1/embeddings", json={"model": CHAT, "input": "hi"})
     assert_error(response, 400, param="model", code="model_type_mismatch")
-    response = http.post("/v1/completions", json={"model": "all-MiniLM-L6-v2", "prompt": "hi"})
+    response = http.post("/v1/completions", json={"model": "tiny-embed", "prompt": "hi"})
     assert_error(response, 400, code="model_type_mismatch")
 
 

@@ -18,8 +18,9 @@ T = TypeVar("T")
 _POLL_S = 0.5
 
 
-async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Await ``work``; cancel it (freeing its lease and engine slot) if the client disconnects first."""
+async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T | None:
+    """Await ``work``; if the client disconnects first, cancel it (freeing its lease and engine
+    slot) and return None: there is nobody left to answer."""
     task = asyncio.ensure_future(work)
     while True:
         done, _ = await asyncio.wait({task}, timeout=_POLL_S)
@@ -28,4 +29,4 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
         if await request.is_disconnected():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-            raise asyncio.CancelledError("client disconnected")
+            return None

@@ -438,7 +438,9 @@ class TransformersChatEngine(ChatEngine):
 
         class Cancelled(StoppingCriteria):
             def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-                return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool)
+                return torch.full(
+                    (input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device
+                )
 
         model, tokenizer = self._model, self._tokenizer
         if sampling.seed is not None:

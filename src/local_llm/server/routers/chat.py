@@ -26,7 +26,13 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     return _respond(await cancel_on_disconnect(request, service.complete(body)))
 
 
-def _respond(result: ChatResult) -> Response:
+# nginx's "client closed request": logged, never seen by the client that left.
+CLIENT_CLOSED_REQUEST = 499
+
+
+def _respond(result: ChatResult | None) -> Response:
+    if result is None:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
     if isinstance(result, bytes):
         return Response(result, media_type="application/json")
     return StreamingResponse(result, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
