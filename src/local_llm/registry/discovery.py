@@ -18,6 +18,7 @@ from local_llm.registry.classify import (
     find_weights,
     quantization_of,
     read_json,
+    rerank_scoring,
 )
 from local_llm.registry.overrides import (
     OVERRIDES_FILE,
@@ -27,7 +28,15 @@ from local_llm.registry.overrides import (
     check_served_name,
     load_overrides,
 )
-from local_llm.registry.spec import ModelKind, ModelOptions, ModelSpec, SkippedFolder, WeightFormat
+from local_llm.registry.spec import (
+    ModelKind,
+    ModelOptions,
+    ModelSpec,
+    RerankScorer,
+    RerankScoring,
+    SkippedFolder,
+    WeightFormat,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +158,19 @@ def inspect_candidate(candidate: Candidate, override: ModelOverride | None) -> M
     else:
         classification = classify(folder, name)
         kind, reason = classification.kind, classification.reason
+    scoring = rerank_scoring(folder, kind)
+    if override and override.scorer is not None:
+        # A scorer is a marker on its own: `scorer: llm-yes-no` makes a causal LM a reranker.
+        embedder_as_such = kind is ModelKind.EMBEDDING and override.scorer is RerankScorer.BI_ENCODER
+        if override.type is None and not embedder_as_such:
+            kind, reason = ModelKind.RERANKER, f"scorer {override.scorer.value} set in {OVERRIDES_FILE}"
+        if kind is ModelKind.EMBEDDING and override.scorer is not RerankScorer.BI_ENCODER:
+            raise UnservableFolder(
+                f"{OVERRIDES_FILE}: an embedding model reranks as bi-encoder; "
+                f"to score it as {override.scorer.value}, also set `type: reranker`"
+            )
+        if kind is not ModelKind.CHAT:
+            scoring = RerankScoring(override.scorer, f"scorer set in {OVERRIDES_FILE}")
     config_path = folder / "config.json"
     config = read_json(config_path) if config_path.is_file() else {}
     aliases = tuple(dict.fromkeys((*candidate.aliases, *(override.aliases if override else ()))))
@@ -168,6 +190,7 @@ def inspect_candidate(candidate: Candidate, override: ModelOverride | None) -> M
         aliases=tuple(a for a in aliases if a != name),
         quantization=quantization_of(config),
         options=options,
+        rerank=scoring,
     )
 
 
