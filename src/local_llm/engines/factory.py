@@ -5,19 +5,30 @@ from __future__ import annotations
 import importlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from local_llm.config import Settings
 from local_llm.engines.base import Engine
-from local_llm.engines.embedding import SentenceTransformersEmbeddingEngine
+from local_llm.engines.rerank import BiEncoderRerankEngine, CrossEncoderRerankEngine, LLMYesNoRerankEngine
 from local_llm.errors import EngineUnavailableError
 from local_llm.placement import Placement, PlacementPlan
-from local_llm.registry.spec import ModelKind, ModelSpec
+from local_llm.registry.spec import ModelKind, ModelSpec, RerankScorer
 
 logger = logging.getLogger(__name__)
 
 # The libraries each kind's engine imports when it loads: seconds of work a first request need not wait for.
-_BACKEND_MODULES = {ModelKind.EMBEDDING: ("torch", "sentence_transformers")}
+_BACKEND_MODULES = {
+    ModelKind.EMBEDDING: ("torch", "sentence_transformers"),
+    ModelKind.RERANKER: ("torch", "sentence_transformers", "transformers"),
+}
+
+# The engine class per rerank scorer. An embedding model's engine is the bi-encoder one: it embeds
+# and reranks with a single loaded copy.
+_RERANK_ENGINES: dict[RerankScorer, Callable[..., Engine]] = {
+    RerankScorer.CROSS_ENCODER: CrossEncoderRerankEngine,
+    RerankScorer.LLM_YES_NO: LLMYesNoRerankEngine,
+    RerankScorer.BI_ENCODER: BiEncoderRerankEngine,
+}
 
 
 def preload_backends(kinds: Iterable[ModelKind]) -> None:
@@ -37,8 +48,13 @@ def default_embedding_batch_size(plan: PlacementPlan) -> int:
 
 def create_engine(spec: ModelSpec, plan: PlacementPlan, settings: Settings) -> Engine:
     """A not-yet-started engine for ``spec``; raises :class:`EngineUnavailableError` for kinds not served."""
-    if spec.kind is ModelKind.EMBEDDING:
-        return SentenceTransformersEmbeddingEngine(
+    if spec.kind in (ModelKind.EMBEDDING, ModelKind.RERANKER):
+        # The registry gives every embedding and reranker model a scorer (embedders: bi-encoder).
+        scorer = spec.rerank.scorer if spec.rerank else RerankScorer.BI_ENCODER
+        logger.info(
+            "%s reranks as %s: %s", spec.name, scorer.value, spec.rerank.reason if spec.rerank else ""
+        )
+        return _RERANK_ENGINES[scorer](
             spec,
             plan,
             batch_size=settings.embedding_batch_size or default_embedding_batch_size(plan),
