@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     bundled_models: bool = Field(
         True, description="Also serve the models shipped with the package (all-MiniLM-L6-v2)."
     )
+    default_rerank_model: str | None = Field(
+        None,
+        description="Model for rerank requests that name none (TEI clients). Default: the only reranker "
+        "served, else the only embedding model when no reranker is served.",
+    )
 
     # --- Lifecycle ---------------------------------------------------------------------------
     auto_unload_models: bool = Field(
