@@ -19,6 +19,10 @@ CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+QWEN3_EMBEDDING_QUERY_PROMPT = (
+    "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"
+)
+
 MODELS_YAML = """
 models:
   tiny-embed:
@@ -150,9 +154,15 @@ def build_zoo(root: Path) -> Path:
     config = json.loads((qwen_like / "config.json").read_text())
     config["architectures"] = ["Qwen3ForCausalLM"]
     (qwen_like / "config.json").write_text(json.dumps(config))
+    # ...and Qwen3-Embedding's prompts: an instruction for queries, nothing for documents.
+    st_config = json.loads((qwen_like / "config_sentence_transformers.json").read_text())
+    st_config["prompts"] = {"query": QWEN3_EMBEDDING_QUERY_PROMPT, "document": ""}
+    (qwen_like / "config_sentence_transformers.json").write_text(json.dumps(st_config))
 
     build_cross_encoder(root / "tiny-cross-encoder")
     build_cross_encoder(root / "tiny-classifier", labels=3)
+    build_st_cross_encoder(root / "st-cross-encoder")
+    build_qwen3_reranker(root / "Qwen3-Reranker-tiny")
     build_chat_model(root / "tiny-chat")
 
     # A folder whose files are discoverable but whose weights are garbage: loading must fail cleanly.
@@ -167,3 +177,73 @@ def build_zoo(root: Path) -> Path:
     (root / "stray.gguf").write_bytes(b"GGUF")
     (root / "models.yaml").write_text(MODELS_YAML)
     return root
+
+
+# Qwen3-Reranker's chat tokens; the tiny reranker's tokenizer has each as one special token, as Qwen3's has.
+QWEN3_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>")
+_TOKENIZER_TEXT = (
+    "Judge whether the Document meets the requirements based on the Query and the Instruct provided. "
+    'Note that the answer can only be "yes" or "no".\n'
+    "Given a web search query, retrieve relevant passages that answer the query.\n"
+    "The capital of France is Paris. Berlin is the capital of Germany. Pandas eat bamboo.\n"
+    "What is the capital of France? Which animal eats bamboo? How do I reset my password?\n"
+    "Open Settings, choose Security, and follow the link we email to you.\n"
+    "今天天气很好，我们去公园散步吧。法国的首都是巴黎。熊猫吃竹子。\n"
+)
+
+
+def build_qwen3_reranker(dest: Path) -> Path:
+    """A random-weight Qwen3ForCausalLM (2 layers, hidden 64) shaped like Qwen3-Reranker.
+
+    Its tokenizer is a byte-level BPE trained here on a few lines, with Qwen3's chat tokens as
+    special tokens and "yes" / "no" as single tokens, and like Qwen3's it adds no special tokens of
+    its own; so the published template and formula apply to it unchanged.
+    """
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600,
+        special_tokens=list(QWEN3_SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator([_TOKENIZER_TEXT] * 20 + ["yes\nno\n"] * 50, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>", model_max_length=512
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    for word in ("yes", "no"):
+        assert fast.convert_tokens_to_ids(word) != fast.unk_token_id, word
+    torch.manual_seed(3)
+    config = Qwen3Config(
+        vocab_size=len(fast),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        pad_token_id=fast.pad_token_id,
+        eos_token_id=fast.eos_token_id,
+    )
+    Qwen3ForCausalLM(config).save_pretrained(dest)
+    fast.save_pretrained(dest)
+    return dest
+
+
+def build_st_cross_encoder(dest: Path) -> Path:
+    """A sentence-transformers CrossEncoder (its own config names the activation), tiny BERT inside."""
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    raw = build_cross_encoder(dest.with_name(dest.name + "-raw"))
+    torch.manual_seed(4)
+    CrossEncoder(str(raw), device="cpu", activation_fn=torch.nn.Identity()).save(str(dest))
+    shutil.rmtree(raw)
+    return dest

@@ -23,6 +23,8 @@ def test_models_list_every_discovered_model_with_type_and_state(openai_client, h
         "Qwen3-Embedding-tiny": "embedding",
         "tiny-chat": "chat",
         "tiny-cross-encoder": "reranker",
+        "st-cross-encoder": "reranker",
+        "Qwen3-Reranker-tiny": "reranker",
         "as-reranker-by-yaml": "reranker",
         "corrupt-embed": "embedding",
     }
@@ -59,7 +61,7 @@ def test_model_by_id_and_by_alias_with_a_slash(http: httpx.Client) -> None:
 def test_health_is_open(http: httpx.Client) -> None:
     body = http.get("/health").json()
     assert body["status"] == "ok"
-    assert body["models"] == 9
+    assert body["models"] == 11
 
 
 @pytest.fixture(scope="module")
