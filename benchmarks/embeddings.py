@@ -642,13 +642,13 @@ def docs_section(
     )
 
 
-def write_docs(section: str) -> None:
+def write_docs(section: str, start: str = DOCS_START, end: str = DOCS_END) -> None:
     """Replace the generated section of docs/benchmarks.md, or add it; the rest is left alone."""
     if DOCS.exists():
         text = DOCS.read_text()
-        if DOCS_START in text and DOCS_END in text:
-            head, rest = text.split(DOCS_START, 1)
-            tail = rest.split(DOCS_END, 1)[1]
+        if start in text and end in text:
+            head, rest = text.split(start, 1)
+            tail = rest.split(end, 1)[1]
             text = head + section + tail
         else:
             text = text.rstrip("\n") + "\n\n" + section + "\n"

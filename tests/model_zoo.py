@@ -192,8 +192,8 @@ _TOKENIZER_TEXT = (
 )
 
 
-def build_qwen3_reranker(dest: Path) -> Path:
-    """A random-weight Qwen3ForCausalLM (2 layers, hidden 64) shaped like Qwen3-Reranker.
+def build_qwen3_reranker(dest: Path, **shape: int) -> Path:
+    """A random-weight Qwen3ForCausalLM shaped for Qwen3-Reranker: 2 layers, hidden 64, unless ``shape`` says.
 
     Its tokenizer is a byte-level BPE trained here on a few lines, with Qwen3's chat tokens as
     special tokens and "yes" / "no" as single tokens, and like Qwen3's it adds no special tokens of
@@ -219,18 +219,21 @@ def build_qwen3_reranker(dest: Path) -> Path:
     for word in ("yes", "no"):
         assert fast.convert_tokens_to_ids(word) != fast.unk_token_id, word
     torch.manual_seed(3)
+    tiny = {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "max_position_embeddings": 512,
+    }
     config = Qwen3Config(
         vocab_size=len(fast),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=512,
         tie_word_embeddings=True,
         pad_token_id=fast.pad_token_id,
         eos_token_id=fast.eos_token_id,
+        **(tiny | shape),
     )
     Qwen3ForCausalLM(config).save_pretrained(dest)
     fast.save_pretrained(dest)
