@@ -316,8 +316,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"- Workload: {workload}.",
                 "- Model: all-MiniLM-L6-v2 with a random one-label head, saved as a sentence-transformers "
                 "CrossEncoder (no real cross-encoder can be had here): the speed of a MiniLM-L6 "
-                "cross-encoder such as ms-marco-MiniLM-L6-v2, float32 on the CPU; the scores mean nothing, but must equal "
-                "`CrossEncoder.predict`'s (last column).",
+                "cross-encoder such as ms-marco-MiniLM-L6-v2, float32 on the CPU; the scores mean nothing, "
+                "but must equal `CrossEncoder.predict`'s (last column).",
                 f"- Command: `flock /tmp/llm-bench.lock {command}`",
                 "",
                 table_md,
