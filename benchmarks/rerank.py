@@ -13,8 +13,9 @@ Run from the repository root (on a shared machine, under the benchmark lock)::
    requests of one query and ``--documents`` documents from ``benchmarks/corpus.py``. Pairs per
    second over the whole run, p50/p99 latency per request.
 3. The LLM reranker: a random Qwen3ForCausalLM with Qwen3-Reranker-0.6B's body (28 layers, hidden
-   1024, 16 heads, 8 KV heads) and the tests' small tokenizer, through our server only (infinity-emb
-   does not run Qwen3-Reranker as published).
+   1024, 16 heads, 8 KV heads) and all-MiniLM-L6-v2's WordPiece tokenizer plus Qwen3's chat tokens
+   (its token counts are close to Qwen3's on this text), through our server only (infinity-emb does
+   not run Qwen3-Reranker as published).
 """
 
 from __future__ import annotations
@@ -54,14 +55,14 @@ from embeddings import (
     wait_for_quiet,
     write_docs,
 )
-from model_zoo import build_qwen3_reranker
+from model_zoo import QWEN3_SPECIAL_TOKENS, build_qwen3_reranker
 
 DOCS_START = "<!-- benchmarks/rerank.py:start -->"
 DOCS_END = "<!-- benchmarks/rerank.py:end -->"
 CROSS_ENCODER = "minilm-cross-encoder"
 LLM_RERANKER = "Qwen3-Reranker-0.6B-shape"
 GOAL_VS_INFINITY = 1.2
-# Qwen3-Reranker-0.6B's config, less its 151k-token vocabulary (the tests' tokenizer has 541 tokens).
+# Qwen3-Reranker-0.6B's config, less its 151k-token vocabulary.
 QWEN3_0_6B_BODY = {
     "hidden_size": 1024,
     "intermediate_size": 3072,
@@ -74,11 +75,22 @@ QWEN3_0_6B_BODY = {
 
 
 @dataclass
+class Run:
+    """One server's figures, its scores per request, and the tokens it read per pair (usage)."""
+
+    result: Result
+    scores: dict[int, np.ndarray]
+    tokens_per_pair: float
+
+
+@dataclass
 class Load:
     clients: int
     documents: int
     requests: int
     quiet_wait_s: float
+    # Untimed requests first: they load the model (ours loads on first use) and open connections.
+    warmup: int = 4
 
 
 def requests_of(corpus: list[str], queries: list[str], load: Load) -> list[tuple[str, list[str]]]:
@@ -94,10 +106,11 @@ def requests_of(corpus: list[str], queries: list[str], load: Load) -> list[tuple
 
 async def drive(
     base_url: str, model: str, work: list[tuple[str, list[str]]], load: Load, name: str, server_pid: int
-) -> tuple[Result, dict[int, np.ndarray]]:
-    """``load.clients`` tasks post the requests in turn; returns the figures and each request's scores."""
+) -> Run:
+    """``load.clients`` tasks post the requests in turn, each request timed."""
     limits = httpx.Limits(max_connections=load.clients, max_keepalive_connections=load.clients)
     scores: dict[int, np.ndarray] = {}
+    tokens: list[int] = []
     latencies: list[float] = []
     errors: list[str] = []
     pending = iter(range(len(work)))
@@ -110,12 +123,13 @@ async def drive(
             if response.status_code != 200:
                 raise RuntimeError(f"HTTP {response.status_code}: {response.text[:300]}")
             got = np.full(len(documents), np.nan)
-            for result in response.json()["results"]:
+            answer = response.json()
+            tokens.append(int(answer.get("usage", {}).get("total_tokens", 0)))
+            for result in answer["results"]:
                 got[result["index"]] = result["relevance_score"]
             return got
 
-        # Warm-up, untimed: loads the model (ours loads on first use) and opens the connections.
-        await asyncio.gather(*(post(q, d) for q, d in work[:4]))
+        await asyncio.gather(*(post(q, d) for q, d in work[: load.warmup]))
 
         async def client_task() -> None:
             for index in pending:
@@ -138,7 +152,7 @@ async def drive(
         meter.stop(result)
     if errors:
         print(f"  {len(errors)} requests to {name} failed; first: {errors[0]}", file=sys.stderr)
-    return result, scores
+    return Run(result, scores, sum(tokens) / max(1, len(tokens) * load.documents))
 
 
 def max_difference(scores: dict[int, np.ndarray], reference: dict[int, np.ndarray]) -> float:
@@ -163,7 +177,7 @@ def serve_and_drive(
     model: str,
     work: list[tuple[str, list[str]]],
     load: Load,
-) -> tuple[Result, dict[int, np.ndarray]]:
+) -> Run:
     print(f"\n{name}", flush=True)
     with running_server(name, argv, port, log, child_env()) as server:
         return asyncio.run(drive(f"http://127.0.0.1:{port}", model, work, load, name, server.pid))
@@ -195,6 +209,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--llm-requests", type=int, default=8, help="requests to the LLM reranker (default 8)"
+    )
+    parser.add_argument(
+        "--llm-documents", type=int, default=4, help="documents per LLM reranker request (default 4)"
     )
     parser.add_argument("--batch-size", type=int, default=32, help="both servers' largest batch (default 32)")
     parser.add_argument("--quiet-wait", type=float, default=60.0, metavar="SECONDS")
@@ -240,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     inf_python = None if args.skip_infinity else ensure_infinity_venv()
     ours_argv = [str(OUR_SERVER), "serve", "--port", str(args.port_base), "--models-dir", str(models)]
     ours_argv += ["--no-bundled-models", "--embedding-batch-size", str(args.batch_size)]
-    ours, our_scores = serve_and_drive(
+    ours_run = serve_and_drive(
         "our server (local-llm serve)",
         ours_argv,
         args.port_base,
@@ -249,7 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         work,
         load,
     )
-    rows = [(ours, max_difference(our_scores, reference))]
+    ours = ours_run.result
+    rows = [(ours, max_difference(ours_run.scores, reference))]
     report(*rows[0])
     infinity: Result | None = None
     if inf_python is not None:
@@ -260,25 +278,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             "--engine", "torch", "--device", "cpu", "--batch-size", str(args.batch_size),
             "--no-vector-disk-cache", "--no-bettertransformer", "--no-compile",
         ]  # fmt: skip
-        infinity, inf_scores = serve_and_drive(
+        infinity_run = serve_and_drive(
             "infinity-emb", infinity_argv, port, scratch / "infinity.log", CROSS_ENCODER, work, load
         )
-        rows.append((infinity, max_difference(inf_scores, reference)))
+        infinity = infinity_run.result
+        rows.append((infinity, max_difference(infinity_run.scores, reference)))
         report(*rows[-1])
 
-    llm: Result | None = None
+    llm: Run | None = None
     if not args.skip_llm:
-        build_qwen3_reranker(models / LLM_RERANKER, **QWEN3_0_6B_BODY)
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(model_folder()))
+        tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN3_SPECIAL_TOKENS)})
+        build_qwen3_reranker(models / LLM_RERANKER, tokenizer, **QWEN3_0_6B_BODY)
         llm_load = Load(
-            min(args.clients, args.llm_requests), args.documents, args.llm_requests, args.quiet_wait
+            min(args.clients, args.llm_requests), args.llm_documents, args.llm_requests, args.quiet_wait, 1
         )
         llm_work = requests_of(corpus, queries, llm_load)
         port = args.port_base + 2
         llm_argv = [*ours_argv[:3], str(port), *ours_argv[4:]]
-        llm, _ = serve_and_drive(
+        llm = serve_and_drive(
             "our server, LLM reranker", llm_argv, port, scratch / "llm.log", LLM_RERANKER, llm_work, llm_load
         )
-        report(llm, None)
+        report(llm.result, None)
 
     table_md = table(rows, infinity)
     verdict = ""
@@ -289,10 +312,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     machine = machine_line(infinity_versions(inf_python) if inf_python else None)
     llm_line = (
         f"LLM reranker ({LLM_RERANKER}: Qwen3-Reranker-0.6B's body, random weights, float32, "
-        f"{llm_load.clients} clients × {args.documents} documents, {args.llm_requests} requests): "
-        f"{llm.per_second:.2f} pairs/s, p50 {fmt(llm.percentile_ms(50))} ms, "
-        f"p99 {fmt(llm.percentile_ms(99))} ms, "
-        f"{fmt(llm.cpu_ms_per_embedding)} CPU ms/pair."
+        f"{llm_load.clients} concurrent clients × {args.llm_documents} documents, "
+        f"{args.llm_requests} requests): "
+        f"{llm.result.per_second:.2f} pairs/s, p50 {fmt(llm.result.percentile_ms(50))} ms, "
+        f"p99 {fmt(llm.result.percentile_ms(99))} ms, {fmt(llm.result.cpu_ms_per_embedding)} CPU ms/pair; "
+        f"prompts of {llm.tokens_per_pair:.0f} tokens on average, template included."
         if llm is not None
         else ""
     )

@@ -192,16 +192,11 @@ _TOKENIZER_TEXT = (
 )
 
 
-def build_qwen3_reranker(dest: Path, **shape: int) -> Path:
-    """A random-weight Qwen3ForCausalLM shaped for Qwen3-Reranker: 2 layers, hidden 64, unless ``shape`` says.
-
-    Its tokenizer is a byte-level BPE trained here on a few lines, with Qwen3's chat tokens as
-    special tokens and "yes" / "no" as single tokens, and like Qwen3's it adds no special tokens of
-    its own; so the published template and formula apply to it unchanged.
-    """
-    import torch
+def qwen3_style_tokenizer():  # type: ignore[no-untyped-def]
+    """A byte-level BPE trained here on a few lines, with Qwen3's chat tokens as special tokens and
+    "yes" / "no" as single tokens; like Qwen3's it adds no special tokens of its own."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+    from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -212,9 +207,21 @@ def build_qwen3_reranker(dest: Path, **shape: int) -> Path:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tokenizer.train_from_iterator([_TOKENIZER_TEXT] * 20 + ["yes\nno\n"] * 50, trainer=trainer)
-    fast = PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>", model_max_length=512
     )
+
+
+def build_qwen3_reranker(dest: Path, tokenizer=None, **shape: int) -> Path:  # type: ignore[no-untyped-def]
+    """A random-weight Qwen3ForCausalLM shaped for Qwen3-Reranker: 2 layers, hidden 64, unless ``shape`` says.
+
+    The tokenizer (default :func:`qwen3_style_tokenizer`) must hold Qwen3's chat tokens and single
+    "yes" / "no" tokens; so the published template and formula apply to the model unchanged.
+    """
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    fast = tokenizer if tokenizer is not None else qwen3_style_tokenizer()
     fast.chat_template = CHAT_TEMPLATE
     for word in ("yes", "no"):
         assert fast.convert_tokens_to_ids(word) != fast.unk_token_id, word

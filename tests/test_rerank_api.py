@@ -430,6 +430,14 @@ def test_reranker_models_refuse_embeddings(http: httpx.Client) -> None:
         )
 
 
+def test_models_list_says_how_each_model_reranks(http: httpx.Client) -> None:
+    cards = {card["id"]: card for card in http.get("/v1/models").json()["data"]}
+    assert cards[MINILM]["rerank_scorer"] == "bi-encoder"
+    assert cards["tiny-cross-encoder"]["rerank_scorer"] == "cross-encoder"
+    assert cards["Qwen3-Reranker-tiny"]["rerank_scorer"] == "llm-yes-no"
+    assert cards["tiny-chat"]["rerank_scorer"] is None
+
+
 def test_rerank_responses_match_the_documented_schema(http: httpx.Client) -> None:
     from local_llm.protocol.rerank import RerankResponse
 

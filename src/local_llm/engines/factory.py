@@ -46,6 +46,19 @@ def default_embedding_batch_size(plan: PlacementPlan) -> int:
     return 32 if plan.placement is Placement.CPU else 128
 
 
+# An LLM reranker on a CPU: a pass of LLM_EMBEDDING_BATCH_TOKENS (16k) tokens through hundreds of millions
+# of parameters takes minutes and GBs of activations, and answers nothing until it ends; 4k-token passes
+# cost the same per token and answer requests as they go.
+_LLM_CPU_PASS_TOKENS = 4096
+
+
+def pass_tokens(scorer: RerankScorer, plan: PlacementPlan, settings: Settings) -> int:
+    """Most padded tokens in one forward pass of a model ranking as ``scorer``, placed by ``plan``."""
+    if scorer is RerankScorer.LLM_YES_NO and plan.placement is Placement.CPU:
+        return min(settings.embedding_batch_tokens, _LLM_CPU_PASS_TOKENS)
+    return settings.embedding_batch_tokens
+
+
 def create_engine(spec: ModelSpec, plan: PlacementPlan, settings: Settings) -> Engine:
     """A not-yet-started engine for ``spec``; raises :class:`EngineUnavailableError` for kinds not served."""
     if spec.kind in (ModelKind.EMBEDDING, ModelKind.RERANKER):
@@ -58,7 +71,7 @@ def create_engine(spec: ModelSpec, plan: PlacementPlan, settings: Settings) -> E
             spec,
             plan,
             batch_size=settings.embedding_batch_size or default_embedding_batch_size(plan),
-            batch_tokens=settings.embedding_batch_tokens,
+            batch_tokens=pass_tokens(scorer, plan, settings),
             max_queued=settings.max_queued_inputs,
         )
     raise EngineUnavailableError(
