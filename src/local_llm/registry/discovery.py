@@ -160,17 +160,7 @@ def inspect_candidate(candidate: Candidate, override: ModelOverride | None) -> M
         kind, reason = classification.kind, classification.reason
     scoring = rerank_scoring(folder, kind)
     if override and override.scorer is not None:
-        # A scorer is a marker on its own: `scorer: llm-yes-no` makes a causal LM a reranker.
-        embedder_as_such = kind is ModelKind.EMBEDDING and override.scorer is RerankScorer.BI_ENCODER
-        if override.type is None and not embedder_as_such:
-            kind, reason = ModelKind.RERANKER, f"scorer {override.scorer.value} set in {OVERRIDES_FILE}"
-        if kind is ModelKind.EMBEDDING and override.scorer is not RerankScorer.BI_ENCODER:
-            raise UnservableFolder(
-                f"{OVERRIDES_FILE}: an embedding model reranks as bi-encoder; "
-                f"to score it as {override.scorer.value}, also set `type: reranker`"
-            )
-        if kind is not ModelKind.CHAT:
-            scoring = RerankScoring(override.scorer, f"scorer set in {OVERRIDES_FILE}")
+        kind, reason, scoring = _apply_scorer(override.scorer, override.type, kind, reason)
     config_path = folder / "config.json"
     config = read_json(config_path) if config_path.is_file() else {}
     aliases = tuple(dict.fromkeys((*candidate.aliases, *(override.aliases if override else ()))))
@@ -192,6 +182,27 @@ def inspect_candidate(candidate: Candidate, override: ModelOverride | None) -> M
         options=options,
         rerank=scoring,
     )
+
+
+def _apply_scorer(
+    scorer: RerankScorer, typed: ModelKind | None, kind: ModelKind, reason: str
+) -> tuple[ModelKind, str, RerankScoring | None]:
+    """models.yaml's ``scorer`` on a model classified ``kind`` (``typed`` when models.yaml sets ``type``).
+
+    A scorer is a marker on its own: ``scorer: llm-yes-no`` makes a causal LM a reranker whatever its
+    name. An embedding model keeps its kind with ``bi-encoder``; another scorer needs ``type: reranker``.
+    """
+    scoring = RerankScoring(scorer, f"scorer set in {OVERRIDES_FILE}")
+    if kind is ModelKind.EMBEDDING and scorer is RerankScorer.BI_ENCODER:
+        return kind, reason, scoring
+    if typed is None:
+        return ModelKind.RERANKER, f"scorer {scorer.value} set in {OVERRIDES_FILE}", scoring
+    if kind is ModelKind.EMBEDDING:
+        raise UnservableFolder(
+            f"{OVERRIDES_FILE}: an embedding model reranks as bi-encoder; "
+            f"to score it as {scorer.value}, also set `type: reranker`"
+        )
+    return kind, reason, scoring if kind is not ModelKind.CHAT else None
 
 
 # What Matryoshka-trained models' cards say: sentence-transformers' training loss and metadata,
