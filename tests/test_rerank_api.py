@@ -264,6 +264,8 @@ def test_cohere_sdk_v2_and_v1_work_unchanged(server: RunningServer, http: httpx.
 
 
 def test_long_documents_are_cut_by_default_and_refused_when_asked(http: httpx.Client) -> None:
+    tei = {"model": "tiny-cross-encoder", "query": QUERY, "texts": ["word " * 600], "truncate": False}
+    assert_error(http.post("/rerank", json=tei), 400, "texts", "context_length_exceeded")
     long_document = "word " * 600
     cut = rerank(http, "tiny-cross-encoder", documents=[long_document, "short"])
     assert cut["usage"]["total_tokens"] <= 512 + 20
@@ -283,12 +285,23 @@ def test_long_documents_are_cut_by_default_and_refused_when_asked(http: httpx.Cl
     )
 
 
-def test_max_tokens_per_doc_cuts_each_document_to_its_first_tokens(http: httpx.Client) -> None:
-    documents = ["alpha beta gamma delta epsilon", "one two three four five six"]
-    cut = rerank(http, MINILM, documents=documents, max_tokens_per_doc=2)
-    by_hand = rerank(http, MINILM, documents=["alpha beta", "one two"])
+@pytest.mark.parametrize("model", [MINILM, "tiny-cross-encoder", "Qwen3-Reranker-tiny"])
+def test_max_tokens_per_doc_cuts_each_document_to_its_first_tokens(
+    http: httpx.Client, zoo: Path, minilm_path: Path, model: str
+) -> None:
+    """Cohere's max_tokens_per_doc: each document scores as its text up to the end of its 3rd token."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_path if model == MINILM else zoo / model))
+    documents = ["The capital of France is Paris, on the Seine.", "Pandas eat bamboo for most of the day."]
+    offsets = tokenizer(documents, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    by_hand = rerank(
+        http, model, documents=[doc[: spans[2][1]] for doc, spans in zip(documents, offsets, strict=True)]
+    )
+    cut = rerank(http, model, documents=documents, max_tokens_per_doc=3)
     np.testing.assert_allclose(scores_by_index(cut), scores_by_index(by_hand), atol=1e-6)
     assert cut["usage"] == by_hand["usage"]
+    assert cut["usage"]["total_tokens"] < rerank(http, model, documents=documents)["usage"]["total_tokens"]
 
 
 def test_concurrent_requests_are_batched_and_each_gets_its_own_scores(

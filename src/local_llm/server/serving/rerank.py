@@ -94,13 +94,18 @@ class RerankService:
         async with self._manager.lease(spec.name) as engine:
             if not isinstance(engine, RerankEngine):
                 raise ModelTypeMismatchError(spec.name, spec.kind.value, ROUTE)
-            scored = await engine.rerank(
-                request.query,
-                documents,
-                instruction=request.instruction,
-                truncate=request.truncate,
-                max_tokens_per_doc=max_tokens_per_doc,
-            )
+            try:
+                scored = await engine.rerank(
+                    request.query,
+                    documents,
+                    instruction=request.instruction,
+                    truncate=request.truncate,
+                    max_tokens_per_doc=max_tokens_per_doc,
+                )
+            except InvalidRequestError as exc:
+                if exc.param == "documents":  # TEI calls them texts
+                    exc.param = documents_param
+                raise
         return request.model or spec.name, scored
 
     def _model_for(self, name: str | None) -> ModelSpec:
