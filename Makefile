@@ -1,5 +1,5 @@
 # The two commands README.md opens with. Each sets up .venv first (a no-op when it is current).
-.PHONY: setup serve test lint bench-embeddings
+.PHONY: setup serve test lint bench-embeddings bench-rerank
 
 setup:
 	@bash scripts/setup.sh
@@ -17,3 +17,6 @@ lint: setup
 
 bench-embeddings: setup
 	.venv/bin/python benchmarks/embeddings.py
+
+bench-rerank: setup
+	flock /tmp/llm-bench.lock .venv/bin/python benchmarks/rerank.py

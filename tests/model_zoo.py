@@ -15,6 +15,10 @@ from pathlib import Path
 
 from local_llm.registry.discovery import BUNDLED_MODELS, bundled_model_path
 
+QWEN3_EMBEDDING_QUERY_PROMPT = (
+    "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"
+)
+
 MODELS_YAML = """
 models:
   tiny-embed:
@@ -168,6 +172,8 @@ def build_zoo(root: Path, data_dir: Path) -> Path:
     embed = build_st_embedder(root / "tiny-embed")
     shutil.copytree(embed, root / "org" / "nested-embed")
     shutil.copytree(embed, root / "disabled-embed")
+    # No test loads this one: /v1/models must show a model before its first load.
+    shutil.copytree(embed, root / "never-loaded-embed")
     shutil.copytree(embed, root / "as-reranker-by-yaml")
     as_hf_cache(embed, root, "acme/tiny-hub-embed")
 
@@ -176,9 +182,15 @@ def build_zoo(root: Path, data_dir: Path) -> Path:
     config = json.loads((qwen_like / "config.json").read_text())
     config["architectures"] = ["Qwen3ForCausalLM"]
     (qwen_like / "config.json").write_text(json.dumps(config))
+    # ...and Qwen3-Embedding's prompts: an instruction for queries, nothing for documents.
+    st_config = json.loads((qwen_like / "config_sentence_transformers.json").read_text())
+    st_config["prompts"] = {"query": QWEN3_EMBEDDING_QUERY_PROMPT, "document": ""}
+    (qwen_like / "config_sentence_transformers.json").write_text(json.dumps(st_config))
 
     build_cross_encoder(root / "tiny-cross-encoder")
     build_cross_encoder(root / "tiny-classifier", labels=3)
+    build_st_cross_encoder(root / "st-cross-encoder")
+    build_qwen3_reranker(root / "Qwen3-Reranker-tiny")
     smollm2 = chat_tokenizer_source(data_dir)
     build_chat_model(root / "tiny-chat", smollm2)
     shutil.copytree(root / "tiny-chat", root / "tiny-chat-hf")
@@ -196,3 +208,90 @@ def build_zoo(root: Path, data_dir: Path) -> Path:
     (root / "stray.gguf").write_bytes(b"GGUF")
     (root / "models.yaml").write_text(MODELS_YAML)
     return root
+
+
+# Qwen3-Reranker's chat tokens; the tiny reranker's tokenizer has each as one special token, as Qwen3's has.
+QWEN3_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>")
+_TOKENIZER_TEXT = (
+    "Judge whether the Document meets the requirements based on the Query and the Instruct provided. "
+    'Note that the answer can only be "yes" or "no".\n'
+    "Given a web search query, retrieve relevant passages that answer the query.\n"
+    "The capital of France is Paris. Berlin is the capital of Germany. Pandas eat bamboo.\n"
+    "What is the capital of France? Which animal eats bamboo? How do I reset my password?\n"
+    "Open Settings, choose Security, and follow the link we email to you.\n"
+    "今天天气很好，我们去公园散步吧。法国的首都是巴黎。熊猫吃竹子。\n"
+)
+
+
+def qwen3_style_tokenizer():  # type: ignore[no-untyped-def]
+    """A byte-level BPE trained here on a few lines, with Qwen3's chat tokens as special tokens and
+    "yes" / "no" as single tokens; like Qwen3's it adds no special tokens of its own."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600,
+        special_tokens=list(QWEN3_SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator([_TOKENIZER_TEXT] * 20 + ["yes\nno\n"] * 50, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>", model_max_length=512
+    )
+
+
+# ChatML, as Qwen3's own template renders plain messages.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_qwen3_reranker(dest: Path, tokenizer=None, **shape: int) -> Path:  # type: ignore[no-untyped-def]
+    """A random-weight Qwen3ForCausalLM shaped for Qwen3-Reranker: 2 layers, hidden 64, unless ``shape`` says.
+
+    The tokenizer (default :func:`qwen3_style_tokenizer`) must hold Qwen3's chat tokens and single
+    "yes" / "no" tokens; so the published template and formula apply to the model unchanged.
+    """
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    fast = tokenizer if tokenizer is not None else qwen3_style_tokenizer()
+    fast.chat_template = CHATML_TEMPLATE
+    for word in ("yes", "no"):
+        assert fast.convert_tokens_to_ids(word) != fast.unk_token_id, word
+    torch.manual_seed(3)
+    tiny = {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "max_position_embeddings": 512,
+    }
+    config = Qwen3Config(
+        vocab_size=len(fast),
+        tie_word_embeddings=True,
+        pad_token_id=fast.pad_token_id,
+        eos_token_id=fast.eos_token_id,
+        **(tiny | shape),
+    )
+    Qwen3ForCausalLM(config).save_pretrained(dest)
+    fast.save_pretrained(dest)
+    return dest
+
+
+def build_st_cross_encoder(dest: Path) -> Path:
+    """A sentence-transformers CrossEncoder (its own config names the activation), tiny BERT inside."""
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    raw = build_cross_encoder(dest.with_name(dest.name + "-raw"))
+    torch.manual_seed(4)
+    CrossEncoder(str(raw), device="cpu", activation_fn=torch.nn.Identity()).save(str(dest))
+    shutil.rmtree(raw)
+    return dest

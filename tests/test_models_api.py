@@ -25,8 +25,11 @@ def test_models_list_every_discovered_model_with_type_and_state(openai_client, h
         "tiny-chat-hf": "chat",
         "SmolLM2-135M-Instruct": "chat",
         "tiny-cross-encoder": "reranker",
+        "st-cross-encoder": "reranker",
+        "Qwen3-Reranker-tiny": "reranker",
         "as-reranker-by-yaml": "reranker",
         "corrupt-embed": "embedding",
+        "never-loaded-embed": "embedding",
     }
     assert set(listed) == set(expected_types)
     raw = {card["id"]: card for card in http.get("/v1/models").json()["data"]}
@@ -40,12 +43,11 @@ def test_models_list_every_discovered_model_with_type_and_state(openai_client, h
     assert minilm["backend"] == "sentence-transformers"
     assert minilm["measured_bytes"] > 80_000_000
     assert minilm["estimated_bytes"] >= minilm["measured_bytes"]
-    # Before any load: the estimate is there, the placement not yet (other tests load some models).
-    never_loaded = [card for card in raw.values() if card["state"] == "available"]
-    assert never_loaded
-    for card in never_loaded:
-        assert card["estimated_bytes"] > 0
-        assert card["placement"] is None
+    # Before any load: the estimate is there, the placement not yet.
+    never_loaded = raw["never-loaded-embed"]
+    assert never_loaded["state"] == "available"
+    assert never_loaded["estimated_bytes"] > 0
+    assert never_loaded["placement"] is None
     assert raw["tiny-chat"]["estimated_bytes"] > raw["tiny-chat"]["size_bytes"]
     # created is the folder's time, stable across restarts.
     assert raw["tiny-chat"]["created"] < time.time()
@@ -63,7 +65,7 @@ def test_model_by_id_and_by_alias_with_a_slash(http: httpx.Client) -> None:
 def test_health_is_open(http: httpx.Client) -> None:
     body = http.get("/health").json()
     assert body["status"] == "ok"
-    assert body["models"] == 12
+    assert body["models"] == 15
 
 
 @pytest.fixture(scope="module")

@@ -52,6 +52,11 @@ class Settings(BaseSettings):
         description="Where the server keeps what it makes: GGUF models imported as safetensors folders, "
         "vLLM's compile caches and sockets.",
     )
+    default_rerank_model: str | None = Field(
+        None,
+        description="Model for rerank requests that name none (TEI clients). Default: the only reranker "
+        "served, else the only embedding model when no reranker is served.",
+    )
 
     # --- Lifecycle ---------------------------------------------------------------------------
     auto_unload_models: bool = Field(

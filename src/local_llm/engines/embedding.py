@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import copy
-import gc
 import logging
-import time
 from abc import abstractmethod
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from local_llm.engines.base import IMPORT_LOCK, Engine
-from local_llm.engines.batching import BatchQueue, plan_forward_passes
+from local_llm.engines.batched import BatchedEngine, module_bytes, pad_rows
 from local_llm.errors import InvalidRequestError
 
 if TYPE_CHECKING:
@@ -28,11 +24,6 @@ logger = logging.getLogger(__name__)
 
 # Token ids of the model's own vocabulary: what every input becomes before it reaches the model.
 TokenIds = list[int]
-
-# The queue gathers up to this many forward passes' worth of inputs at a time: the more it holds,
-# the better inputs of similar length share a pass (less padding). Each pass answers its requests as
-# soon as it is done, so a wide window costs little latency; a newcomer waits at most one window.
-_PASSES_PER_GATHER = 8
 
 
 class EmbeddingEngine(Engine):
@@ -66,7 +57,25 @@ class EmbeddingEngine(Engine):
         """Vectors (float32, one row per input), normalised as the model's own pipeline says."""
 
 
-class SentenceTransformersEmbeddingEngine(EmbeddingEngine):
+M = TypeVar("M")
+
+
+def load_sentence_transformers(model_class: Callable[..., M], spec: ModelSpec, plan: PlacementPlan) -> M:
+    """A sentence-transformers model (``SentenceTransformer``, ``CrossEncoder``) loaded as engines load:
+    from its folder only, onto the plan's device, remote code only where models.yaml allows it, and
+    models.yaml's ``engine_options`` as keyword arguments; in eval mode."""
+    model = model_class(
+        str(spec.path),
+        device=plan.device,
+        trust_remote_code=spec.options.trust_remote_code,
+        local_files_only=True,
+        **spec.options.engine_options,
+    )
+    model.eval()  # type: ignore[attr-defined]
+    return model
+
+
+class SentenceTransformersEmbeddingEngine(BatchedEngine[TokenIds, np.ndarray], EmbeddingEngine):
     """Runs the model's sentence-transformers modules (Transformer, Pooling, Dense, Normalize).
 
     Text is tokenized once, on a thread of its own with a tokenizer of its own, the way
@@ -77,66 +86,22 @@ class SentenceTransformersEmbeddingEngine(EmbeddingEngine):
 
     backend = "sentence-transformers"
 
-    def __init__(
-        self,
-        spec: ModelSpec,
-        plan: PlacementPlan,
-        *,
-        batch_size: int,
-        batch_tokens: int,
-        max_queued: int,
-    ) -> None:
-        super().__init__(spec, plan)
-        self._batch_size = batch_size
-        self._batch_tokens = batch_tokens
-        self._max_queued = max_queued
+    def __init__(self, spec: ModelSpec, plan: PlacementPlan, **batching: int) -> None:
+        super().__init__(spec, plan, **batching)
         self._model: SentenceTransformer | None = None
-        self._queue: BatchQueue[TokenIds, np.ndarray] | None = None
         self._prompt = ""
         # sentence-transformers changes its tokenizer's padding/truncation settings per call, so the
         # tokenizing thread works on a copy: two threads on one fast tokenizer corrupt each other.
         self._tokenizer: Any = None
-        self._tokenizing_thread: ThreadPoolExecutor | None = None
         self._pad_id = 0
         self._pad_left = False
 
     # --- lifecycle -----------------------------------------------------------------------------
-    async def start(self) -> None:
-        started = time.perf_counter()
-        self._model = await asyncio.to_thread(self._load)
-        self._tokenizing_thread = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"tokenize-{self.spec.name}"
-        )
-        self._queue = BatchQueue(
-            self.spec.name,
-            self._run_batch,
-            max_batch_items=self._batch_size * _PASSES_PER_GATHER,
-            max_batch_cost=self._batch_tokens * _PASSES_PER_GATHER,
-            max_queued=self._max_queued,
-        )
-        self._queue.start()
-        logger.info(
-            "embedding model %s ready on %s in %.1fs: %d dims, %d tokens max, %.0f MiB of weights",
-            self.spec.name,
-            self.plan.device,
-            time.perf_counter() - started,
-            self.dimension,
-            self.max_input_tokens,
-            (self.memory_bytes or 0) / 2**20,
-        )
-
-    def _load(self) -> SentenceTransformer:
+    def _load(self) -> None:
         with IMPORT_LOCK:
             from sentence_transformers import SentenceTransformer
 
-        model = SentenceTransformer(
-            str(self.spec.path),
-            device=self.plan.device,
-            trust_remote_code=self.spec.options.trust_remote_code,
-            local_files_only=True,
-            **self.spec.options.engine_options,
-        )
-        model.eval()
+        model = load_sentence_transformers(SentenceTransformer, self.spec, self.plan)
         modalities = getattr(model[0], "modality_config", None) or {"text": {}}
         if "text" not in modalities:
             raise ValueError(f"the model's input module reads {sorted(modalities)}, not plain text")
@@ -144,25 +109,20 @@ class SentenceTransformersEmbeddingEngine(EmbeddingEngine):
         self._tokenizer = copy.deepcopy(tokenizer)
         self._pad_id = int(tokenizer.pad_token_id or 0)
         self._pad_left = tokenizer.padding_side == "left"
-        default_prompt = model.default_prompt_name
-        self._prompt = (model.prompts.get(default_prompt) or "") if default_prompt else ""
-        self.memory_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
-        return model
+        self._prompt = self.prompt_named(model.default_prompt_name, model)
+        self.memory_bytes = module_bytes(model)
+        self._model = model
 
-    async def stop(self) -> None:
-        if self._queue is not None:
-            await self._queue.stop()
-            self._queue = None
-        if self._tokenizing_thread is not None:
-            self._tokenizing_thread.shutdown(wait=True)
-            self._tokenizing_thread = None
-        model, self._model = self._model, None
-        del model
-        gc.collect()
-        if self.plan.device.startswith("cuda"):
-            import torch
+    def _release(self) -> None:
+        self._model = None
 
-            torch.cuda.empty_cache()
+    def _describe(self) -> str:
+        return f"embedding model, {self.dimension} dims, {self.max_input_tokens} tokens max"
+
+    @staticmethod
+    def prompt_named(name: str | None, model: SentenceTransformer) -> str:
+        """The text of the model's prompt ``name`` (sentence-transformers' ``prompts``), or ""."""
+        return (model.prompts.get(name) or "") if name else ""
 
     # --- properties ----------------------------------------------------------------------------
     @property
@@ -193,19 +153,16 @@ class SentenceTransformersEmbeddingEngine(EmbeddingEngine):
     def max_model_len(self) -> int:
         return self.max_input_tokens
 
-    @property
-    def queue(self) -> BatchQueue[TokenIds, np.ndarray]:
-        if self._queue is None:
-            raise RuntimeError(f"embedding engine for {self.spec.name} is not started")
-        return self._queue
-
     # --- work ----------------------------------------------------------------------------------
-    async def tokenize(self, texts: Sequence[str], truncate: bool) -> list[TokenIds]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._tokenizing_thread, self._tokenize, list(texts), truncate)
+    async def tokenize(
+        self, texts: Sequence[str], truncate: bool, prompt: str | None = None
+    ) -> list[TokenIds]:
+        """As :meth:`EmbeddingEngine.tokenize`; ``prompt`` replaces the model's default prompt."""
+        prompt = self._prompt if prompt is None else prompt
+        return await self._on_tokenizing_thread(lambda: self._tokenize(list(texts), truncate, prompt))
 
-    def _tokenize(self, texts: list[str], truncate: bool) -> list[TokenIds]:
-        prompted = [self._prompt + text for text in texts] if self._prompt else texts
+    def _tokenize(self, texts: list[str], truncate: bool, prompt: str) -> list[TokenIds]:
+        prompted = [prompt + text for text in texts] if prompt else texts
         limit = (
             {"truncation": True, "max_length": self.max_input_tokens} if truncate else {"truncation": False}
         )
@@ -216,26 +173,17 @@ class SentenceTransformersEmbeddingEngine(EmbeddingEngine):
         for index, ids in enumerate(inputs):
             if not ids:
                 raise InvalidRequestError(f"Input {index} has no tokens.", param="input")
-        return np.stack(await self.queue.submit(inputs, [len(ids) for ids in inputs]))
+        return np.stack(await self._submit(inputs))
 
-    def _run_batch(self, batch: list[TokenIds]) -> Iterator[list[tuple[int, np.ndarray]]]:
-        """On the queue's thread, a forward pass at a time, inputs of similar length together."""
-        for forward in plan_forward_passes([len(ids) for ids in batch], self._batch_size, self._batch_tokens):
-            rows = self._forward([batch[i] for i in forward])
-            yield list(zip(forward, rows, strict=True))
+    def _length(self, payload: TokenIds) -> int:
+        return len(payload)
 
-    def _forward(self, token_lists: list[TokenIds]) -> np.ndarray:
+    def _forward(self, payloads: list[TokenIds]) -> np.ndarray:
         """Pad (on the tokenizer's side), run every module of the model, and return float32 rows."""
         import torch
 
         model = self.model
-        longest = max(len(ids) for ids in token_lists)
-        input_ids = np.full((len(token_lists), longest), self._pad_id, dtype=np.int64)
-        attention = np.zeros((len(token_lists), longest), dtype=np.int64)
-        for row, ids in enumerate(token_lists):
-            span = slice(longest - len(ids), longest) if self._pad_left else slice(0, len(ids))
-            input_ids[row, span] = ids
-            attention[row, span] = 1
+        input_ids, attention = pad_rows(payloads, self._pad_id, left=self._pad_left)
         features: dict[str, Any] = {
             "input_ids": torch.from_numpy(input_ids).to(model.device),
             "attention_mask": torch.from_numpy(attention).to(model.device),

@@ -6,16 +6,16 @@ import importlib
 import importlib.util
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from local_llm.config import Settings
 from local_llm.engines.base import IMPORT_LOCK, Engine
 from local_llm.engines.chat.transformers_engine import TransformersChatEngine
 from local_llm.engines.chat.vllm_engine import VllmChatEngine
-from local_llm.engines.embedding import SentenceTransformersEmbeddingEngine
+from local_llm.engines.rerank import BiEncoderRerankEngine, CrossEncoderRerankEngine, LLMYesNoRerankEngine
 from local_llm.errors import EngineUnavailableError
 from local_llm.placement import Placement, PlacementPlan
-from local_llm.registry.spec import ModelKind, ModelSpec
+from local_llm.registry.spec import ModelKind, ModelSpec, RerankScorer
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +23,15 @@ logger = logging.getLogger(__name__)
 _BACKEND_MODULES = {
     ModelKind.EMBEDDING: ("torch", "sentence_transformers"),
     ModelKind.CHAT: ("torch", "vllm.v1.engine.async_llm", "vllm.entrypoints.openai.chat_completion.serving"),
+    ModelKind.RERANKER: ("torch", "sentence_transformers", "transformers"),
+}
+
+# The engine class per rerank scorer. An embedding model's engine is the bi-encoder one: it embeds
+# and reranks with a single loaded copy.
+_RERANK_ENGINES: dict[RerankScorer, Callable[..., Engine]] = {
+    RerankScorer.CROSS_ENCODER: CrossEncoderRerankEngine,
+    RerankScorer.LLM_YES_NO: LLMYesNoRerankEngine,
+    RerankScorer.BI_ENCODER: BiEncoderRerankEngine,
 }
 
 
@@ -43,14 +52,32 @@ def default_embedding_batch_size(plan: PlacementPlan) -> int:
     return 32 if plan.placement is Placement.CPU else 128
 
 
+# An LLM reranker on a CPU: a pass of LLM_EMBEDDING_BATCH_TOKENS (16k) tokens through hundreds of millions
+# of parameters takes minutes and GBs of activations, and answers nothing until it ends; 4k-token passes
+# cost the same per token and answer requests as they go.
+_LLM_CPU_PASS_TOKENS = 4096
+
+
+def pass_tokens(scorer: RerankScorer, plan: PlacementPlan, settings: Settings) -> int:
+    """Most padded tokens in one forward pass of a model ranking as ``scorer``, placed by ``plan``."""
+    if scorer is RerankScorer.LLM_YES_NO and plan.placement is Placement.CPU:
+        return min(settings.embedding_batch_tokens, _LLM_CPU_PASS_TOKENS)
+    return settings.embedding_batch_tokens
+
+
 def create_engine(spec: ModelSpec, plan: PlacementPlan, settings: Settings) -> Engine:
     """A not-yet-started engine for ``spec``; raises :class:`EngineUnavailableError` for kinds not served."""
-    if spec.kind is ModelKind.EMBEDDING:
-        return SentenceTransformersEmbeddingEngine(
+    if spec.kind in (ModelKind.EMBEDDING, ModelKind.RERANKER):
+        # The registry gives every embedding and reranker model a scorer (embedders: bi-encoder).
+        scorer = spec.rerank.scorer if spec.rerank else RerankScorer.BI_ENCODER
+        logger.info(
+            "%s reranks as %s: %s", spec.name, scorer.value, spec.rerank.reason if spec.rerank else ""
+        )
+        return _RERANK_ENGINES[scorer](
             spec,
             plan,
             batch_size=settings.embedding_batch_size or default_embedding_batch_size(plan),
-            batch_tokens=settings.embedding_batch_tokens,
+            batch_tokens=pass_tokens(scorer, plan, settings),
             max_queued=settings.max_queued_inputs,
         )
     if spec.kind is ModelKind.CHAT:

@@ -20,6 +20,8 @@ class ModelCard(BaseModel):
     quantization: str | None = None
     size_bytes: int
     classified_as: str
+    # How /v1/rerank scores with this model (cross-encoder, llm-yes-no, bi-encoder); null for chat models.
+    rerank_scorer: str | None = None
     source: str
     backend: str | None = None
     placement: str | None = None

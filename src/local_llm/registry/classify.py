@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from local_llm.registry.spec import ModelKind, WeightFormat
+from local_llm.registry.spec import ModelKind, RerankScorer, RerankScoring, WeightFormat
 
 _CAUSAL_SUFFIXES = ("ForCausalLM", "ForConditionalGeneration", "LMHeadModel")
 _EMBEDDING_NAME_HINTS = ("embed", "bge", "e5-", "gte", "minilm", "mpnet", "sentence")
@@ -168,3 +168,32 @@ def classify(folder: Path, name: str) -> Classification:
     if config is None:
         raise UnservableFolder("no config.json, modules.json or *.gguf: not a Hugging Face model folder")
     raise UnservableFolder("config.json names no architecture and the name gives no hint")
+
+
+def rerank_scoring(folder: Path, kind: ModelKind) -> RerankScoring | None:
+    """How a model of ``kind`` in ``folder`` scores rerank pairs, read from its files; None for chat.
+
+    An embedding model ranks by cosine (one loaded copy serves both APIs). A reranker is scored the
+    way its files say its authors score it: a classification head (cross-encoder) or, for a causal
+    LM, the yes/no logits of its last position. models.yaml's ``scorer`` overrides this.
+    """
+    if kind is ModelKind.CHAT:
+        return None
+    if kind is ModelKind.EMBEDDING:
+        return RerankScoring(RerankScorer.BI_ENCODER, "embedding model: cosine of query and document vectors")
+    st_config_path = folder / "config_sentence_transformers.json"
+    st_config = read_json(st_config_path) if st_config_path.is_file() else {}
+    if st_config.get("model_type") == "CrossEncoder":
+        return RerankScoring(RerankScorer.CROSS_ENCODER, "sentence-transformers CrossEncoder")
+    config_path = folder / "config.json"
+    raw = (read_json(config_path) if config_path.is_file() else {}).get("architectures") or []
+    architecture = str(raw[0]) if isinstance(raw, list) and raw else ""
+    if architecture.endswith("ForSequenceClassification"):
+        return RerankScoring(
+            RerankScorer.CROSS_ENCODER, f"{architecture}: the model's own classification head"
+        )
+    if architecture.endswith(_CAUSAL_SUFFIXES):
+        return RerankScoring(RerankScorer.LLM_YES_NO, f"{architecture}: yes/no logits at the last position")
+    if st_config or (folder / "modules.json").is_file() or architecture.endswith("Model"):
+        return RerankScoring(RerankScorer.BI_ENCODER, "an embedder marked reranker: cosine of embeddings")
+    return RerankScoring(RerankScorer.CROSS_ENCODER, "no architecture to tell by: assumed a cross-encoder")

@@ -19,6 +19,7 @@ from local_llm.registry.classify import (
     has_chat_template,
     quantization_of,
     read_json,
+    rerank_scoring,
 )
 from local_llm.registry.gguf import classify_gguf, read_gguf_summary
 from local_llm.registry.overrides import (
@@ -29,7 +30,15 @@ from local_llm.registry.overrides import (
     check_served_name,
     load_overrides,
 )
-from local_llm.registry.spec import ModelKind, ModelOptions, ModelSpec, SkippedFolder, WeightFormat
+from local_llm.registry.spec import (
+    ModelKind,
+    ModelOptions,
+    ModelSpec,
+    RerankScorer,
+    RerankScoring,
+    SkippedFolder,
+    WeightFormat,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -174,6 +183,9 @@ def inspect_candidate(candidate: Candidate, override: ModelOverride | None) -> M
     else:
         classification = classify(folder, name)
         kind, reason = classification.kind, classification.reason
+    scoring = rerank_scoring(folder, kind)
+    if override and override.scorer is not None:
+        kind, reason, scoring = _apply_scorer(override.scorer, override.type, kind, reason)
     config_path = folder / "config.json"
     config = read_json(config_path) if config_path.is_file() else {}
     return ModelSpec(
@@ -188,6 +200,7 @@ def inspect_candidate(candidate: Candidate, override: ModelOverride | None) -> M
         quantization=quantization_of(config),
         options=options,
         chat_template=kind is ModelKind.CHAT and has_chat_template(folder),
+        rerank=scoring,
     )
 
 
@@ -231,6 +244,27 @@ def _gguf_spec(
         options=options,
         chat_template=summary.chat_template,
     )
+
+
+def _apply_scorer(
+    scorer: RerankScorer, typed: ModelKind | None, kind: ModelKind, reason: str
+) -> tuple[ModelKind, str, RerankScoring | None]:
+    """models.yaml's ``scorer`` on a model classified ``kind`` (``typed`` when models.yaml sets ``type``).
+
+    A scorer is a marker on its own: ``scorer: llm-yes-no`` makes a causal LM a reranker whatever its
+    name. An embedding model keeps its kind with ``bi-encoder``; another scorer needs ``type: reranker``.
+    """
+    scoring = RerankScoring(scorer, f"scorer set in {OVERRIDES_FILE}")
+    if kind is ModelKind.EMBEDDING and scorer is RerankScorer.BI_ENCODER:
+        return kind, reason, scoring
+    if typed is None:
+        return ModelKind.RERANKER, f"scorer {scorer.value} set in {OVERRIDES_FILE}", scoring
+    if kind is ModelKind.EMBEDDING:
+        raise UnservableFolder(
+            f"{OVERRIDES_FILE}: an embedding model reranks as bi-encoder; "
+            f"to score it as {scorer.value}, also set `type: reranker`"
+        )
+    return kind, reason, scoring if kind is not ModelKind.CHAT else None
 
 
 # What Matryoshka-trained models' cards say: sentence-transformers' training loss and metadata,

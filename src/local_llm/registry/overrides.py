@@ -9,6 +9,8 @@ Example (keys are folders relative to the models folder)::
         matryoshka: true
       models--BAAI--bge-reranker-base:
         type: reranker
+      my-qwen3-reranker-finetune:   # a causal LM whose name does not say reranker
+        scorer: llm-yes-no          # cross-encoder | llm-yes-no | bi-encoder
       my-custom-arch:
         trust_remote_code: true
       old-model:
@@ -32,7 +34,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from local_llm.registry.spec import ChatEngineName, ModelKind
+from local_llm.registry.spec import ChatEngineName, ModelKind, RerankScorer
 
 OVERRIDES_FILE = "models.yaml"
 # A served name is an identifier, never a path: no "..", no leading "/", no backslashes.
@@ -67,6 +69,8 @@ class ModelOverride(BaseModel):
     enabled: bool = True
     name: str | None = None
     type: ModelKind | None = None
+    # How rerank scores with this model; a scorer other than bi-encoder makes the model a reranker.
+    scorer: RerankScorer | None = None
     aliases: list[str] = Field(default_factory=list)
     trust_remote_code: bool = False
     matryoshka: bool = False

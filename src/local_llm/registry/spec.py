@@ -19,6 +19,25 @@ class ModelKind(str, Enum):
     RERANKER = "reranker"
 
 
+class RerankScorer(str, Enum):
+    """How a model scores query-document pairs on the rerank routes (models.yaml: ``scorer``)."""
+
+    # The model reads query and document together and its classification head gives the score.
+    CROSS_ENCODER = "cross-encoder"
+    # A causal LM asked whether the document meets the query: softmax over its "no"/"yes" logits.
+    LLM_YES_NO = "llm-yes-no"
+    # An embedding model: cosine of the query's and the document's embeddings.
+    BI_ENCODER = "bi-encoder"
+
+
+@dataclass(frozen=True)
+class RerankScoring:
+    """Which scorer serves a model's rerank requests, and why the registry chose it (logged at load)."""
+
+    scorer: RerankScorer
+    reason: str
+
+
 class WeightFormat(str, Enum):
     SAFETENSORS = "safetensors"
     PYTORCH = "pytorch"
@@ -59,6 +78,8 @@ class ModelSpec:
     options: ModelOptions = field(default_factory=ModelOptions)
     # Chat models: whether the model has a chat template (without one it serves completions only).
     chat_template: bool = False
+    # How /v1/rerank scores with this model; None where reranking makes no sense (chat models).
+    rerank: RerankScoring | None = None
 
     @property
     def names(self) -> tuple[str, ...]:

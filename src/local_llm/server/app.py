@@ -19,10 +19,11 @@ from local_llm.registry import ModelRegistry, WeightFormat
 from local_llm.server.auth import require_api_key
 from local_llm.server.errors import install_error_handlers
 from local_llm.server.middleware import BodySizeLimit
-from local_llm.server.routers import chat, embeddings, health, models
+from local_llm.server.routers import chat, embeddings, health, models, rerank
 from local_llm.server.serving.chat import ChatService
 from local_llm.server.serving.embeddings import EmbeddingsService
 from local_llm.server.serving.models import ModelsService
+from local_llm.server.serving.rerank import RerankService
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
     app.state.embeddings = EmbeddingsService(manager, settings)
     app.state.chat = ChatService(manager)
     app.state.models = ModelsService(manager, settings.embedding_batch_tokens)
+    app.state.rerank = RerankService(manager, settings)
 
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_body_bytes)
@@ -72,6 +74,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
     app.include_router(chat.router, dependencies=authenticated)
     app.include_router(embeddings.router, dependencies=authenticated)
     app.include_router(models.router, dependencies=authenticated)
+    app.include_router(rerank.router, dependencies=authenticated)
     app.include_router(health.router)
     return app
 

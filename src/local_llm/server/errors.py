@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from local_llm.errors import ErrorCategory, LocalLLMError
 from local_llm.protocol.errors import ErrorDetail, ErrorResponse
+from local_llm.protocol.rerank import SHAPE_TAGS
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,8 @@ def _validation_message(exc: RequestValidationError, content_type: str) -> tuple
     first = errors[0]
     if first.get("type") == "json_invalid":
         return f"The body is not valid JSON: {first.get('ctx', {}).get('error', first.get('msg'))}.", None
-    location = tuple(first.get("loc", ()))
+    # A body that may take several shapes (``/rerank``) has the shape's tag in the location: no field.
+    location = tuple(part for part in first.get("loc", ()) if part not in SHAPE_TAGS)
     param = _param_from_location(location)
     if location == ("body",):
         if first.get("type") == "missing":

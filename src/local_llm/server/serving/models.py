@@ -33,6 +33,7 @@ class ModelsService:
             quantization=spec.quantization,
             size_bytes=spec.size_bytes,
             classified_as=spec.reason,
+            rerank_scorer=spec.rerank.scorer.value if spec.rerank else None,
             source=spec.source,
             backend=status.backend,
             placement=plan.placement.value if plan else None,
