@@ -1,5 +1,5 @@
 # The two commands README.md opens with. Each sets up .venv first (a no-op when it is current).
-.PHONY: setup serve test lint bench-embeddings bench-rerank
+.PHONY: setup serve test lint bench-embeddings bench-rerank bench-chat
 
 setup:
 	@bash scripts/setup.sh
@@ -19,4 +19,7 @@ bench-embeddings: setup
 	.venv/bin/python benchmarks/embeddings.py
 
 bench-rerank: setup
-	flock /tmp/llm-bench.lock .venv/bin/python benchmarks/rerank.py
+	.venv/bin/python benchmarks/rerank.py
+
+bench-chat: setup
+	.venv/bin/python benchmarks/chat.py

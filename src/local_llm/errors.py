@@ -51,7 +51,9 @@ class ModelTypeMismatchError(InvalidRequestError):
     code = "model_type_mismatch"
 
     def __init__(self, model: str, kind: str, route: str) -> None:
-        super().__init__(f"Model '{model}' is a {kind} model and cannot serve {route}.", param="model")
+        article = "an" if kind[:1] in "aeiou" else "a"
+        message = f"Model '{model}' is {article} {kind} model and cannot serve {route}."
+        super().__init__(message, param="model")
 
 
 class AuthenticationError(LocalLLMError):

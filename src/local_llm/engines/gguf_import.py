@@ -2,9 +2,12 @@
 
 transformers de-quantizes GGUF tensors into a model it cannot save (it stays marked as GGUF), so
 the weights are copied into a fresh model built from the same config and saved with the tokenizer
-(chat template included). The folder lands in ``LLM_DATA_DIR/imported`` under a name keyed on the
-file's size and mtime, is written to a temporary folder and renamed when complete (a crash never
-leaves half a model), and is reused by every later start.
+(chat template included). They are saved in float32: a de-quantized weight (scale × level + min,
+the scale and min in float16) is exact there, and bfloat16 rounds it. That rounding was enough to
+turn SmolLM2's greedy "The capital of France is Paris." into "L'Étoile, ..." under vLLM.
+The folder lands in ``LLM_DATA_DIR/imported`` under a name keyed on the file's size and mtime and
+the import format, is written to a temporary folder and renamed when complete (a crash never leaves
+half a model), and is reused by every later start.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 _DONE_MARKER = ".import-complete"
+# Part of the folder's key: a change to how files are imported makes a fresh import.
+_IMPORT_FORMAT = "float32-v2"
 # One import per destination at a time, however many requests or start-up tasks ask for it.
 _locks: dict[Path, asyncio.Lock] = {}
 
@@ -26,7 +31,8 @@ _locks: dict[Path, asyncio.Lock] = {}
 def imported_folder(gguf_file: Path, data_dir: Path) -> Path:
     """Where ``gguf_file`` is (or will be) imported: stable for an unchanged file."""
     stat = gguf_file.stat()
-    key = hashlib.sha256(f"{gguf_file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+    identity = f"{gguf_file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{_IMPORT_FORMAT}"
+    key = hashlib.sha256(identity.encode()).hexdigest()
     return data_dir / "imported" / f"{gguf_file.stem}-{key[:12]}"
 
 
@@ -57,7 +63,7 @@ def import_gguf(gguf_file: Path, destination: Path) -> None:
     shutil.rmtree(partial, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     config = AutoConfig.from_pretrained(folder, gguf_file=name)
-    dtype = torch.bfloat16
+    dtype = torch.float32
     logger.info("importing %s: de-quantizing %s weights to %s", gguf_file.name, config.model_type, dtype)
     dequantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)

@@ -130,4 +130,4 @@ def classify_gguf(summary: GGUFSummary) -> str:
     template = (
         "with a chat template" if summary.chat_template else "without a chat template (completions only)"
     )
-    return f"GGUF {summary.architecture} {template}, imported as safetensors on first use"
+    return f"GGUF {summary.architecture} {template}, imported once as a safetensors folder"

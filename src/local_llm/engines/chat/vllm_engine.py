@@ -78,7 +78,7 @@ class VllmChatEngine(ChatEngine):
         args: dict[str, Any] = {
             "model": str(folder),
             "served_model_name": [self.spec.name],
-            "dtype": settings.vllm_dtype,
+            "dtype": self._dtype(folder),
             "max_model_len": self._max_model_len(folder),
             "enforce_eager": settings.vllm_enforce_eager,
             "trust_remote_code": self.spec.options.trust_remote_code,
@@ -192,6 +192,19 @@ class VllmChatEngine(ChatEngine):
             "max_position_embeddings"
         )
         return min(cap, int(own)) if isinstance(own, int) else cap
+
+    def _dtype(self, folder: Path) -> str:
+        """LLM_VLLM_DTYPE; for ``auto`` on a CPU, the dtype the checkpoint was saved in.
+
+        vLLM's ``auto`` runs float32 checkpoints in bfloat16, which halves a GPU's memory need; on a
+        CPU nothing is saved that matters, and the rounding can change a small model's answers (the
+        imported SmolLM2 says "L'Étoile" instead of "Paris" in bfloat16).
+        """
+        if self._settings.vllm_dtype != "auto" or self.plan.placement is not Placement.CPU:
+            return self._settings.vllm_dtype
+        config = read_json(folder / "config.json")
+        saved = config.get("dtype") or config.get("torch_dtype")
+        return "float32" if saved == "float32" else "auto"
 
     def _kv_cache_bytes(self) -> int:
         return int(self._settings.vllm_kv_cache_gb * 1024**3) if self.plan.placement is Placement.CPU else 0
