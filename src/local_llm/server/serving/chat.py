@@ -3,7 +3,7 @@ as long as the answer streams, and hands the request to the model's chat engine.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 
 from local_llm.engines.chat import ChatEngine, ChatResult
@@ -13,6 +13,8 @@ from local_llm.protocol.chat import ChatCompletionRequest, CompletionRequest, Na
 from local_llm.registry import ModelKind, ModelSpec
 
 CHAT_ROUTE = "/v1/chat/completions"
+# What a route asks of the model's engine once the lease is held.
+EngineCall = Callable[[ChatEngine], Awaitable[ChatResult]]
 COMPLETIONS_ROUTE = "/v1/completions"
 
 
@@ -42,7 +44,7 @@ class ChatService:
             raise ModelTypeMismatchError(name, spec.kind.value, route)
         return spec
 
-    async def _answer(self, spec: ModelSpec, run) -> ChatResult:  # type: ignore[no-untyped-def]
+    async def _answer(self, spec: ModelSpec, run: EngineCall) -> ChatResult:
         """Run ``run(engine)`` under a lease; a stream keeps the lease until it ends or is closed."""
         stack = AsyncExitStack()
         engine = await stack.enter_async_context(self._manager.lease(spec.name))
