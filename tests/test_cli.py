@@ -29,10 +29,15 @@ def test_models_lists_name_type_format_size_reason_and_skips(zoo: Path) -> None:
     result = run_cli("models", "--models-dir", str(zoo))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split()[:6] == ["NAME", "TYPE", "FORMAT", "SIZE", "ALIASES", "WHY"]
+    header = ["NAME", "TYPE", "FORMAT", "SIZE", "NEEDS", "CPU", "NEEDS", "GPU", "ALIASES", "WHY"]
+    assert lines[0].split()[:10] == header
     row = next(line for line in lines if line.startswith("Qwen3-Embedding-tiny "))
     for part in ("embedding", "safetensors", "MB", "modules.json"):
         assert part in row
+    # The estimate adds activations and the runtime (128 MiB) to a few MB of weights.
+    need_cpu = row.split()[5:7]
+    assert need_cpu[1] == "MB"
+    assert float(need_cpu[0]) > 134
     assert any(line.startswith("tiny-chat ") and " chat " in line for line in lines)
     assert any(line.startswith("all-MiniLM-L6-v2 ") for line in lines)
     assert "Skipped:" in result.stdout

@@ -10,17 +10,28 @@ import numpy as np
 from local_llm.config import Settings
 from local_llm.engines.embedding import SentenceTransformersEmbeddingEngine
 from local_llm.engines.factory import create_engine
-from local_llm.placement import Placement, PlacementPlan
-from local_llm.registry import ModelRegistry
+from local_llm.placement import MemoryEstimate, Placement, PlacementPlan
+from local_llm.registry import ModelRegistry, ModelSpec
 
 TEXTS = [
     ("short " * (i % 7 + 1)) + ("一段中文文本" * (i % 5)) + ("long tail words " * (i % 11)) for i in range(96)
 ]
 
 
+def cpu_plan(spec: ModelSpec) -> PlacementPlan:
+    return PlacementPlan(
+        Placement.CPU,
+        "cpu",
+        MemoryEstimate(spec.size_bytes),
+        gpu_bytes=0,
+        ram_bytes=spec.size_bytes,
+        reason="test",
+    )
+
+
 def engine_for(zoo: Path, name: str = "tiny-embed") -> SentenceTransformersEmbeddingEngine:
     spec = ModelRegistry.discover(zoo, include_bundled=False).get(name)
-    plan = PlacementPlan(Placement.CPU, "cpu", spec.size_bytes, "test")
+    plan = cpu_plan(spec)
     engine = create_engine(spec, plan, Settings(embedding_batch_size=8))
     assert isinstance(engine, SentenceTransformersEmbeddingEngine)
     return engine
@@ -76,7 +87,7 @@ def test_engine_options_from_models_yaml_reach_the_model(zoo: Path) -> None:
 
     spec = ModelRegistry.discover(zoo, include_bundled=False).get("tiny-embed")
     half = replace(spec, options=ModelOptions(engine_options={"model_kwargs": {"dtype": "bfloat16"}}))
-    plan = PlacementPlan(Placement.CPU, "cpu", spec.size_bytes, "test")
+    plan = cpu_plan(spec)
     engine = create_engine(half, plan, Settings())
     assert isinstance(engine, SentenceTransformersEmbeddingEngine)
 

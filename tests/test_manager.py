@@ -10,7 +10,7 @@ import pytest
 from local_llm.config import Settings
 from local_llm.engines.base import Engine
 from local_llm.engines.factory import create_engine
-from local_llm.errors import ModelLoadError, ModelLoadTimeoutError
+from local_llm.errors import InsufficientMemoryError, ModelBusyError, ModelLoadError, ModelLoadTimeoutError
 from local_llm.manager import ModelManager, ModelState
 from local_llm.placement import PlacementPlan
 from local_llm.registry import ModelRegistry, ModelSpec
@@ -83,31 +83,40 @@ def test_least_recently_used_idle_model_is_evicted(registry: ModelRegistry) -> N
 
 
 def test_a_model_in_use_is_never_evicted(registry: ModelRegistry) -> None:
+    """Room for one: a request for a second model waits until the first is idle, then is served."""
+
     async def scenario() -> None:
         manager, _ = manager_for(registry, model_cache_size=1)
         async with manager.lease("tiny-embed") as held:
-            async with manager.lease("tiny-hub-embed"):
-                # Over capacity while both are busy: the held one must still be loaded and working.
-                assert manager.status("tiny-embed").state is ModelState.LOADED
-                vectors = await held.embed([[101, 2145, 102]])  # type: ignore[attr-defined]
-                assert vectors.shape == (1, 32)
-            await asyncio.sleep(0.05)  # let the trim that the release scheduled run
+            second = asyncio.create_task(_embed_once(manager, "tiny-hub-embed"))
+            await asyncio.sleep(0.5)
+            assert not second.done()
             assert manager.status("tiny-embed").state is ModelState.LOADED
-            assert manager.status("tiny-hub-embed").state is ModelState.AVAILABLE
+            vectors = await held.embed([[101, 2145, 102]])  # type: ignore[attr-defined]
+            assert vectors.shape == (1, 32)
+        assert (await second).shape == (1, 32)
+        assert manager.status("tiny-embed").state is ModelState.AVAILABLE
         loaded = [s for s in manager.statuses() if s.state is ModelState.LOADED]
-        assert len(loaded) == 1
+        assert [s.spec.name for s in loaded] == ["tiny-hub-embed"]
         await manager.shutdown()
 
     asyncio.run(scenario())
 
 
-def test_auto_unload_off_keeps_everything(registry: ModelRegistry) -> None:
+async def _embed_once(manager: ModelManager, name: str):  # type: ignore[no-untyped-def]
+    async with manager.lease(name) as engine:
+        return await engine.embed([[101, 2145, 102]])  # type: ignore[attr-defined]
+
+
+def test_auto_unload_off_keeps_everything_and_refuses_what_does_not_fit(registry: ModelRegistry) -> None:
     async def scenario() -> None:
         manager, _ = manager_for(registry, model_cache_size=1, auto_unload_models=False)
-        for name in ("tiny-embed", "tiny-hub-embed"):
-            async with manager.lease(name):
+        async with manager.lease("tiny-embed"):
+            pass
+        with pytest.raises(InsufficientMemoryError, match="LLM_AUTO_UNLOAD_MODELS is off"):
+            async with manager.lease("tiny-hub-embed"):
                 pass
-        assert all(manager.status(n).state is ModelState.LOADED for n in ("tiny-embed", "tiny-hub-embed"))
+        assert manager.status("tiny-embed").state is ModelState.LOADED
         await manager.shutdown()
 
     asyncio.run(scenario())
@@ -155,8 +164,10 @@ def test_explicit_unload_frees_an_idle_model(registry: ModelRegistry) -> None:
     async def scenario() -> None:
         manager, _ = manager_for(registry)
         async with manager.lease("tiny-embed"):
-            assert not await manager.unload("tiny-embed")  # busy: refused
+            with pytest.raises(ModelBusyError):  # busy: refused
+                await manager.unload("tiny-embed")
         assert await manager.unload("tiny-embed")
+        assert not await manager.unload("tiny-embed")  # nothing left to unload
         assert manager.status("tiny-embed").state is ModelState.AVAILABLE
         await manager.shutdown()
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -105,3 +108,68 @@ def test_openai_sdk_with_a_key(keyed_server) -> None:  # type: ignore[no-untyped
 def test_server_binds_loopback_by_default(keyed_server) -> None:  # type: ignore[no-untyped-def]
     assert keyed_server.base_url.startswith("http://127.0.0.1:")
     assert "listening on http://127.0.0.1:" in Path(keyed_server.log_path).read_text()
+
+
+def test_cards_show_the_estimate_by_part(http: httpx.Client) -> None:
+    card = http.get("/v1/models/all-MiniLM-L6-v2").json()
+    parts = card["estimate"]
+    assert parts["weights"] > 80_000_000
+    assert parts["activations"] > 0
+    assert parts["runtime"] > 0
+    assert (
+        parts["total"]
+        == card["estimated_bytes"]
+        == sum(parts[k] for k in ("weights", "kv_cache", "activations", "runtime"))
+    )
+    chat = http.get("/v1/models/tiny-chat").json()["estimate"]
+    assert chat["kv_cache"] == int(0.25 * 2**30)  # LLM_VLLM_KV_CACHE_GB in the test server's arguments
+
+
+def local_llm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "local_llm", *args], capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def test_operators_load_pin_and_unload_over_http_and_the_cli(server, http: httpx.Client) -> None:  # type: ignore[no-untyped-def]
+    name = "Qwen3-Embedding-tiny"
+    loaded = http.post(f"/admin/models/{name}/load").json()
+    assert loaded["state"] == "loaded"
+    assert loaded["placement"] == "cpu"
+    assert loaded["last_used"] <= time.time()
+
+    pinned = http.post(f"/admin/models/{name}/pin").json()
+    assert pinned["pinned"] is True
+    assert_error(http.post(f"/admin/models/{name}/unload"), 409, code="model_busy")
+
+    cli = local_llm("unpin", name, "--url", server.base_url)
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout)["pinned"] is False
+    cli = local_llm("unload", name, "--url", server.base_url)
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout)["unloaded"] is True
+    assert http.get(f"/v1/models/{name}").json()["state"] == "available"
+    again = http.post(f"/admin/models/{name}/unload").json()
+    assert again["unloaded"] is False
+
+    memory = json.loads(local_llm("memory", "--url", server.base_url).stdout)
+    assert memory["ram"]["budget_bytes"] > 0
+    assert memory["ram"]["reserved_bytes"] == sum(h["ram_bytes"] for h in memory["holdings"])
+    assert name not in {h["model"] for h in memory["holdings"]}
+
+    assert_error(http.post("/admin/models/no-such-model/load"), 404, code="model_not_found")
+    missing = local_llm("load", "no-such-model", "--url", server.base_url)
+    assert missing.returncode == 1
+    assert "404" in missing.stderr
+
+
+def test_admin_routes_need_the_key(keyed_server) -> None:  # type: ignore[no-untyped-def]
+    url = keyed_server.base_url
+    assert_error(httpx.get(url + "/admin/memory"), 401, code="invalid_api_key")
+    assert_error(httpx.post(url + "/admin/models/x/load"), 401, code="invalid_api_key")
+    denied = local_llm("memory", "--url", url)
+    assert denied.returncode == 1
+    assert "401" in denied.stderr
+    allowed = local_llm("memory", "--url", url, "--api-key", "key-one")
+    assert allowed.returncode == 0, allowed.stderr
+    assert json.loads(allowed.stdout)["holdings"] == []

@@ -1,69 +1,320 @@
-"""The eviction policy, table-driven, with no model anywhere."""
+"""The swap policy and the placement plan, table-driven, with no model anywhere."""
 
 from __future__ import annotations
 
 import pytest
 
-from local_llm.manager.policy import Eviction, ResidentModel, evictions_to_admit, evictions_to_trim
+from local_llm.errors import InsufficientMemoryError
+from local_llm.manager.policy import (
+    Admission,
+    Budget,
+    Holding,
+    Need,
+    Stage,
+    admit,
+    expired,
+    to_drain,
+    within_budget,
+)
+from local_llm.placement import MemoryEstimate, ModelNeed, Placement, PlacementRules, Room, plan_placement
+
+G = 1024**3
+M = 1024**2
 
 
-def idle(name: str, last_used: float) -> ResidentModel:
-    return ResidentModel(name, in_flight=0, last_used=last_used)
+def loaded(
+    name: str, used: float, *, gpu: float = 0, ram: float = 0, busy: int = 0, park: bool = False
+) -> Holding:
+    """A loaded model holding ``gpu``/``ram`` GiB; ``park``: it can park its weights (= its GPU share) in RAM."""
+    return Holding(
+        name,
+        Stage.LOADED,
+        int(gpu * G),
+        int(ram * G),
+        in_flight=busy,
+        last_used=used,
+        parked_gpu_bytes=int(0.5 * G) if park else None,
+        parked_ram_bytes=int(gpu * G) if park else None,
+    )
 
 
-def busy(name: str, last_used: float) -> ResidentModel:
-    return ResidentModel(name, in_flight=2, last_used=last_used)
+def parked(name: str, used: float, *, gpu: float = 0.5, ram: float = 2) -> Holding:
+    return Holding(name, Stage.PARKED, int(gpu * G), int(ram * G), last_used=used)
 
 
-def loading(name: str) -> ResidentModel:
-    return ResidentModel(name, in_flight=0, last_used=0.0, loading=True)
+def pinned(name: str, *, gpu: float = 0, ram: float = 0) -> Holding:
+    return Holding(name, Stage.LOADED, int(gpu * G), int(ram * G), pinned=True)
 
 
-def pinned(name: str, last_used: float) -> ResidentModel:
-    return ResidentModel(name, in_flight=0, last_used=last_used, pinned=True)
+def loading(name: str, *, gpu: float = 0, ram: float = 0) -> Holding:
+    return Holding(name, Stage.LOADING, int(gpu * G), int(ram * G))
 
+
+def need(gpu: float = 0, ram: float = 0) -> Need:
+    return Need("new", int(gpu * G), int(ram * G))
+
+
+CPU = Budget(ram_bytes=4 * G)
+GPU = Budget(ram_bytes=16 * G, gpu_bytes=8 * G)
 
 ADMIT_CASES = [
-    ("room left", [idle("a", 1)], 2, Eviction(())),
-    ("empty cache", [], 1, Eviction(())),
-    ("full: evict the least recently used", [idle("a", 5), idle("b", 1), idle("c", 3)], 3, Eviction(("b",))),
+    # (case, holdings, budget, need, expected)
+    ("fits as is", [loaded("a", 1, ram=1)], CPU, need(ram=2), Admission(True)),
+    ("empty", [], CPU, need(ram=4), Admission(True)),
     (
-        "two over: two oldest, oldest first",
-        [idle("a", 5), idle("b", 1), idle("c", 3)],
-        2,
-        Eviction(("b", "c")),
+        "evict the least recently used until it fits",
+        [loaded("a", 5, ram=1.5), loaded("b", 1, ram=1.5), loaded("c", 3, ram=0.5)],
+        CPU,
+        need(ram=2),
+        Admission(True, unload=("b",)),
     ),
-    ("busy models are never evicted", [busy("a", 1), idle("b", 9)], 2, Eviction(("b",))),
-    ("all busy: proceed over capacity", [busy("a", 1), busy("b", 2)], 2, Eviction((), short_by=1)),
-    ("a loading model is not evictable", [loading("a"), idle("b", 9)], 2, Eviction(("b",))),
-    ("pinned models stay", [pinned("a", 0), idle("b", 9)], 2, Eviction(("b",))),
-    ("partly short", [busy("a", 1), idle("b", 2), busy("c", 3)], 1, Eviction(("b",), short_by=2)),
-    ("unlimited", [idle("a", 1), idle("b", 2)], None, Eviction(())),
-    ("ties broken by name", [idle("b", 1), idle("a", 1)], 2, Eviction(("a",))),
+    (
+        "two must go, oldest first",
+        [loaded("a", 5, ram=1.5), loaded("b", 1, ram=1.5), loaded("c", 3, ram=0.5)],
+        CPU,
+        need(ram=2.5),
+        Admission(True, unload=("b", "c")),
+    ),
+    (
+        "a busy model is never evicted; the next oldest goes",
+        [loaded("a", 1, ram=2, busy=1), loaded("b", 9, ram=2)],
+        CPU,
+        need(ram=2),
+        Admission(True, unload=("b",)),
+    ),
+    (
+        "all busy: wait, touch nothing",
+        [loaded("a", 1, ram=2, busy=1), loaded("b", 2, ram=2, busy=3)],
+        CPU,
+        need(ram=1),
+        Admission(False, short="RAM: needs 1,024 MiB, 0 MiB free; the rest is in use"),
+    ),
+    (
+        "evicting every idle one would not be enough: wait, touch nothing",
+        [loaded("a", 1, ram=1), loaded("b", 2, ram=2, busy=1)],
+        CPU,
+        need(ram=3),
+        Admission(False, short="RAM: needs 3,072 MiB, 1,024 MiB free; the rest is in use"),
+    ),
+    (
+        "a loading model holds its reservation and stays",
+        [loading("a", ram=2), loaded("b", 9, ram=2)],
+        CPU,
+        need(ram=2),
+        Admission(True, unload=("b",)),
+    ),
+    (
+        "pinned models stay",
+        [pinned("a", ram=2), loaded("b", 9, ram=2)],
+        CPU,
+        need(ram=2),
+        Admission(True, unload=("b",)),
+    ),
+    (
+        "only models that free the short device go: a CPU model does not help the GPU",
+        [loaded("cpu-embed", 1, ram=1), loaded("gpu-chat", 5, gpu=6)],
+        GPU,
+        need(gpu=4),
+        Admission(True, unload=("gpu-chat",)),
+    ),
+    (
+        "a GPU model parks in RAM rather than unloading",
+        [loaded("chat", 1, gpu=6, park=True)],
+        GPU,
+        need(gpu=4),
+        Admission(True, park=("chat",)),
+    ),
+    (
+        "parking needs RAM for the weights: without it, unload",
+        [loaded("chat", 1, gpu=6, park=True)],
+        Budget(ram_bytes=5 * G, gpu_bytes=8 * G),
+        need(gpu=4),
+        Admission(True, unload=("chat",)),
+    ),
+    (
+        "parking off: unload",
+        [loaded("chat", 1, gpu=6, park=True)],
+        GPU,
+        need(gpu=4),
+        "no-park",
+    ),
+    (
+        "a parked model gives its RAM back when RAM runs short",
+        [parked("old", 1, ram=10), loaded("chat", 5, gpu=2)],
+        GPU,
+        need(ram=8),
+        Admission(True, unload=("old",)),
+    ),
+    (
+        "what a parked model keeps on the GPU counts",
+        [parked("old", 1, gpu=0.5, ram=2), loaded("a", 5, gpu=7.5, busy=1)],
+        GPU,
+        need(gpu=0.5),
+        Admission(True, unload=("old",)),
+    ),
+    (
+        "a slot under LLM_MODEL_CACHE_SIZE: evict even with memory to spare",
+        [loaded("a", 2, ram=0.1), loaded("b", 1, ram=0.1)],
+        Budget(ram_bytes=4 * G, max_models=2),
+        need(ram=0.1),
+        Admission(True, unload=("b",)),
+    ),
+    (
+        "parked models take no slot",
+        [parked("p", 1), loaded("a", 2, ram=0.1)],
+        Budget(ram_bytes=16 * G, gpu_bytes=8 * G, max_models=2),
+        need(ram=0.1),
+        Admission(True),
+    ),
+    (
+        "auto-unload off: refuse to evict",
+        [loaded("a", 1, ram=3)],
+        CPU,
+        need(ram=2),
+        "no-evict",
+    ),
+    (
+        "ties broken by name",
+        [loaded("b", 1, ram=2), loaded("a", 1, ram=2)],
+        CPU,
+        need(ram=2),
+        Admission(True, unload=("a",)),
+    ),
 ]
 
 
 @pytest.mark.parametrize(
-    ("case", "resident", "capacity", "expected"), ADMIT_CASES, ids=[c[0] for c in ADMIT_CASES]
+    ("case", "holdings", "budget", "new", "expected"), ADMIT_CASES, ids=[c[0] for c in ADMIT_CASES]
 )
-def test_evictions_to_admit(
-    case: str, resident: list[ResidentModel], capacity: int | None, expected: Eviction
+def test_admit(
+    case: str, holdings: list[Holding], budget: Budget, new: Need, expected: Admission | str
 ) -> None:
-    assert evictions_to_admit(resident, capacity) == expected
+    if expected == "no-park":
+        assert admit(holdings, budget, new, may_park=False) == Admission(True, unload=("chat",))
+        return
+    if expected == "no-evict":
+        decision = admit(holdings, budget, new, may_evict=False)
+        assert not decision.fits
+        assert not decision.unload
+        assert "LLM_AUTO_UNLOAD_MODELS" in decision.short
+        return
+    decision = admit(holdings, budget, new)
+    assert decision == expected
+    if decision.fits:
+        # Carrying the decision out leaves the ledger, with the newcomer, within the budget.
+        after = [h for h in holdings if h.name not in decision.unload and h.name not in decision.park]
+        after += [
+            Holding(h.name, Stage.PARKED, h.parked_gpu_bytes or 0, h.parked_ram_bytes or 0)
+            for h in holdings
+            if h.name in decision.park
+        ]
+        after.append(Holding("new", Stage.LOADING, new.gpu_bytes, new.ram_bytes))
+        assert within_budget(after, budget)
 
 
-TRIM_CASES = [
-    ("within capacity", [idle("a", 1), idle("b", 2)], 2, Eviction(())),
-    ("one over after a burst", [busy("a", 1), idle("b", 2), idle("c", 3)], 2, Eviction(("b",))),
-    ("over but all busy", [busy("a", 1), busy("b", 2)], 1, Eviction((), short_by=1)),
-    ("unlimited", [idle("a", 1)] * 5, None, Eviction(())),
+EXPIRY_CASES = [
+    ("no TTL", [loaded("a", 0)], {"a": None}, 100, ()),
+    ("past its TTL", [loaded("a", 0), loaded("b", 90)], {"a": 60, "b": 60}, 100, ("a",)),
+    ("busy models do not expire", [loaded("a", 0, busy=1)], {"a": 1}, 100, ()),
+    ("pinned models do not expire", [pinned("a")], {"a": 1}, 100, ()),
+    ("parked models expire too", [parked("p", 0)], {"p": 10}, 100, ("p",)),
+    ("TTL 0: as soon as idle", [loaded("a", 100)], {"a": 0}, 100, ("a",)),
 ]
 
 
 @pytest.mark.parametrize(
-    ("case", "resident", "capacity", "expected"), TRIM_CASES, ids=[c[0] for c in TRIM_CASES]
+    ("case", "holdings", "ttl", "now", "expected"), EXPIRY_CASES, ids=[c[0] for c in EXPIRY_CASES]
 )
-def test_evictions_to_trim(
-    case: str, resident: list[ResidentModel], capacity: int | None, expected: Eviction
+def test_expired(
+    case: str, holdings: list[Holding], ttl: dict[str, float | None], now: float, expected: tuple[str, ...]
 ) -> None:
-    assert evictions_to_trim(resident, capacity) == expected
+    assert expired(holdings, ttl, now).unload == expected
+
+
+# --- the placement plan --------------------------------------------------------------------------
+def model_need(
+    weights: float, other: float = 0.5, *, offload: bool = True, cpu_weights: float | None = None
+) -> ModelNeed:
+    gpu = MemoryEstimate(weights_bytes=int(weights * G), runtime_bytes=int(other * G))
+    cpu = MemoryEstimate(weights_bytes=int((cpu_weights or weights) * G), runtime_bytes=int(other * G))
+    return ModelNeed("m", on_gpu=gpu, on_cpu=cpu, can_offload=offload, checkpoint="test")
+
+
+PLAN_CASES = [
+    # (case, need, room, rules, placement, gpu GiB, ram GiB, offload GiB)
+    ("no GPU: CPU", model_need(1), Room(4 * G), PlacementRules(), Placement.CPU, 0, 1.5, 0),
+    ("fits the GPU", model_need(1), Room(4 * G, 8 * G), PlacementRules(), Placement.GPU, 1.5, 0, 0),
+    ("weights too large: offload the excess", model_need(14, 1), Room(32 * G, 8 * G), PlacementRules(), Placement.GPU_OFFLOAD, 8, 7, 7),
+    ("offload disabled: CPU", model_need(14, 1), Room(32 * G, 8 * G), PlacementRules(enable_offload=False), Placement.CPU, 0, 15, 0),
+    ("engine cannot offload: CPU", model_need(9, 0.5, offload=False), Room(32 * G, 8 * G), PlacementRules(), Placement.CPU, 0, 9.5, 0),
+    ("threshold forces offload of the part above it", model_need(4, 1), Room(32 * G, 8 * G), PlacementRules(offload_threshold_bytes=3 * G), Placement.GPU_OFFLOAD, 4, 1, 1),
+    ("models.yaml says cpu", model_need(1), Room(4 * G, 8 * G), PlacementRules(placement="cpu"), Placement.CPU, 0, 1.5, 0),
+    ("CPU weights differ (float32 kept on a CPU)", model_need(1, cpu_weights=2), Room(4 * G), PlacementRules(), Placement.CPU, 0, 2.5, 0),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "need", "room", "rules", "placement", "gpu", "ram", "offload"),
+    PLAN_CASES,
+    ids=[c[0] for c in PLAN_CASES],
+)
+def test_plan_placement(
+    case: str,
+    need: ModelNeed,
+    room: Room,
+    rules: PlacementRules,
+    placement: Placement,
+    gpu: float,
+    ram: float,
+    offload: float,
+) -> None:
+    plan = plan_placement(need, room, rules)
+    assert plan.placement is placement, plan.reason
+    assert (plan.gpu_bytes, plan.ram_bytes, plan.offload_bytes) == (
+        int(gpu * G),
+        int(ram * G),
+        int(offload * G),
+    )
+    assert plan.reason
+
+
+REFUSAL_CASES = [
+    ("nothing fits anywhere", model_need(20, 1), Room(8 * G, 8 * G), PlacementRules(), "21,504 MiB"),
+    ("no GPU, too large for RAM", model_need(5), Room(4 * G), PlacementRules(), "4,096 MiB of RAM"),
+    ("placement: gpu that does not fit", model_need(9), Room(32 * G, 8 * G), PlacementRules(placement="gpu"), "placement: gpu"),
+    ("offload would leave nothing else room", model_need(2, 9), Room(32 * G, 8 * G), PlacementRules(placement="gpu+offload"), "gpu+offload"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "need", "room", "rules", "says"), REFUSAL_CASES, ids=[c[0] for c in REFUSAL_CASES]
+)
+def test_plan_refuses_naming_need_and_budget(
+    case: str, need: ModelNeed, room: Room, rules: PlacementRules, says: str
+) -> None:
+    with pytest.raises(InsufficientMemoryError) as refused:
+        plan_placement(need, room, rules)
+    assert says in refused.value.message
+    assert "budget" in refused.value.message
+
+
+DRAIN_CASES = [
+    ("busy model in the way drains", [loaded("a", 1, ram=3, busy=2)], CPU, need(ram=2), ("a",)),
+    ("an idle one suffices: nothing drains", [loaded("a", 1, ram=2, busy=1), loaded("b", 2, ram=2)], CPU, need(ram=2), ()),
+    ("it could never fit: nothing drains", [pinned("p", ram=3), loaded("a", 1, ram=1, busy=1)], CPU, need(ram=2), ()),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "holdings", "budget", "new", "expected"), DRAIN_CASES, ids=[c[0] for c in DRAIN_CASES]
+)
+def test_to_drain(
+    case: str, holdings: list[Holding], budget: Budget, new: Need, expected: tuple[str, ...]
+) -> None:
+    """Busy models a waiting model needs gone stop taking new requests, so a swap is not starved."""
+    assert to_drain(holdings, budget, new) == expected
+
+
+def test_gpu_offload_asked_for_a_model_that_fits_runs_whole_on_the_gpu() -> None:
+    plan = plan_placement(model_need(1), Room(4 * G, 8 * G), PlacementRules(placement="gpu+offload"))
+    assert (plan.placement, plan.offload_bytes) == (Placement.GPU, 0)

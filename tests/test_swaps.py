@@ -87,3 +87,66 @@ def test_evicting_a_chat_model_gives_its_memory_back(one_model_server: RunningSe
     # Room for one model: asking for an embedder evicts the idle chat model.
     assert httpx.post(api + "/embeddings", json={"model": "tiny-embed", "input": "x"}, timeout=120).is_success
     assert wait_for(lambda: tree_rss(one_model_server.process.pid) - before < 0.15 * (loaded - before))
+
+
+@pytest.fixture(scope="module")
+def tight_server(zoo: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A RAM budget the chat model fits alone: every switch between chat and the others is a swap."""
+    log = tmp_path_factory.mktemp("tight") / "server.log"
+    running = start_server(zoo, log, "--no-bundled-models", "--available-ram-gb", "1.6")
+    yield running
+    stop_server(running)
+
+
+HI = [{"role": "user", "content": "hi"}]
+MIXED = {
+    "chat": ("/chat/completions", {"model": "tiny-chat", "messages": HI, "max_tokens": 3}),
+    "embedding": ("/embeddings", {"model": "tiny-embed", "input": ["数据库索引", "an index"]}),
+    "reranker": ("/rerank", {"model": "st-cross-encoder", "query": "index", "documents": ["b-tree", "天气"]}),
+}  # fmt: skip
+
+
+def test_a_minute_of_mixed_requests_under_a_budget_for_one_model(tight_server: RunningServer) -> None:
+    """Chat, embedding and reranker requests at once for 60 s: all answered, the ledger within budget."""
+    api = tight_server.api
+    cards = {c["id"]: c for c in httpx.get(api + "/models").json()["data"]}
+    budget = httpx.get(tight_server.base_url + "/admin/memory").json()["ram"]["budget_bytes"]
+    assert cards["tiny-chat"]["estimated_bytes"] <= budget
+    assert cards["tiny-chat"]["estimated_bytes"] + cards["tiny-embed"]["estimated_bytes"] > budget
+
+    async def scenario() -> tuple[dict[str, int], list[str], int]:
+        done = {kind: 0 for kind in MIXED}
+        failures: list[str] = []
+        peak = 0
+        deadline = time.monotonic() + 60
+
+        async def client(seed: int) -> None:
+            rng = np.random.default_rng(seed)
+            async with httpx.AsyncClient(base_url=api, timeout=300) as http:
+                while time.monotonic() < deadline:
+                    kind = list(MIXED)[rng.integers(len(MIXED))]
+                    path, body = MIXED[kind]
+                    response = await http.post(path, json=body)
+                    if response.status_code != 200:
+                        failures.append(f"{kind}: {response.status_code} {response.text[:200]}")
+                    else:
+                        done[kind] += 1
+
+        async def watch_ledger() -> None:
+            nonlocal peak
+            async with httpx.AsyncClient(base_url=tight_server.base_url, timeout=30) as http:
+                while time.monotonic() < deadline + 5:
+                    memory = (await http.get("/admin/memory")).json()
+                    peak = max(peak, memory["ram"]["reserved_bytes"])
+                    await asyncio.sleep(0.1)
+
+        await asyncio.gather(watch_ledger(), *(client(seed) for seed in range(6)))
+        return done, failures, peak
+
+    done, failures, peak = asyncio.run(scenario())
+    assert failures == []
+    assert all(count > 0 for count in done.values()), done
+    assert 0 < peak <= budget
+    log = tight_server.log()
+    assert log.count("loading tiny-chat") >= 2, "the chat model should have been swapped out and back"
+    assert "over budget" not in log

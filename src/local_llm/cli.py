@@ -1,4 +1,8 @@
-"""``local-llm serve | models``.
+"""``local-llm serve | models | load | unload | pin | unpin | memory``.
+
+``serve`` and ``models`` work on this machine; the operator commands ask a running server over
+HTTP (``--url``, default the configured host and port; ``--api-key``, default the first of
+LLM_API_KEYS), so they act on the server's own state.
 
 Every setting is also a flag: ``LLM_MODELS_DIR`` is ``--models-dir``, and a flag beats the
 environment. Flags are generated from :class:`Settings`, so the two can never drift apart.
@@ -7,9 +11,13 @@ environment. Flags are generated from :class:`Settings`, so the two can never dr
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +25,9 @@ from pydantic import ValidationError
 
 from local_llm import __version__
 from local_llm.config import Settings
-from local_llm.registry import ModelRegistry
+from local_llm.engines.factory import chat_engine_name
+from local_llm.placement import estimate_need
+from local_llm.registry import ModelKind, ModelRegistry
 
 
 def _flag(field_name: str) -> str:
@@ -69,15 +79,27 @@ def _print_table(rows: list[list[str]]) -> None:
 def cmd_models(settings: Settings) -> int:
     registry = ModelRegistry.discover(settings.models_dir, settings.bundled_models)
     if registry.models:
-        rows = [["NAME", "TYPE", "FORMAT", "SIZE", "ALIASES", "WHY", "PATH"]]
+        rows = [["NAME", "TYPE", "FORMAT", "SIZE", "NEEDS CPU", "NEEDS GPU", "ALIASES", "WHY", "PATH"]]
         for spec in registry.models:
+            engine = chat_engine_name(settings) if spec.kind is ModelKind.CHAT else "in-process"
+            need = estimate_need(spec, settings, spec.options.engine or engine)
             weight_format = spec.weight_format.value + (
                 f" ({spec.quantization})" if spec.quantization else ""
             )
             aliases = ", ".join(spec.aliases) or "-"
             size = _human_size(spec.size_bytes)
+            needs = [_human_size(e.total_bytes) for e in (need.on_cpu, need.on_gpu)]
             rows.append(
-                [spec.name, spec.kind.value, weight_format, size, aliases, spec.reason, str(spec.path)]
+                [
+                    spec.name,
+                    spec.kind.value,
+                    weight_format,
+                    size,
+                    *needs,
+                    aliases,
+                    spec.reason,
+                    str(spec.path),
+                ]
             )
         _print_table(rows)
     else:
@@ -116,6 +138,55 @@ def cmd_serve(settings: Settings) -> int:
     return 0
 
 
+# --- operator commands: a running server's admin API --------------------------------------------
+_ACTIONS = {
+    "load": "Load (or wake) a model now.",
+    "unload": "Unload a model (refused while requests hold it, or while it is pinned).",
+    "pin": "Pin a model: never evicted (does not load it).",
+    "unpin": "Unpin a model.",
+}
+
+
+def _server_url(args: argparse.Namespace, settings: Settings) -> str:
+    if args.url:
+        return str(args.url).rstrip("/")
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    return f"http://{host}:{settings.port}"
+
+
+def _call_server(method: str, url: str, api_key: str | None) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    if api_key:
+        request.add_header("Authorization", f"Bearer {api_key}")
+    try:
+        with urllib.request.urlopen(request, timeout=3600) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def cmd_admin(args: argparse.Namespace, settings: Settings) -> int:
+    base = _server_url(args, settings)
+    api_key = args.api_key or (settings.api_keys[0] if settings.api_keys else None)
+    if args.command == "memory":
+        url, method = f"{base}/admin/memory", "GET"
+    else:
+        url, method = (
+            f"{base}/admin/models/{urllib.parse.quote(args.model, safe='/')}/{args.command}",
+            "POST",
+        )
+    try:
+        status, body = _call_server(method, url, api_key)
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"local-llm: no server at {base}: {exc}", file=sys.stderr)
+        return 1
+    if status >= 400:
+        print(f"local-llm: {status}: {body.get('error', {}).get('message', body)}", file=sys.stderr)
+        return 1
+    print(json.dumps(body, indent=2, ensure_ascii=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="local-llm", description="OpenAI-compatible server for local models."
@@ -128,6 +199,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for sub in (serve, models):
         _add_settings_flags(sub)
+    operator = [commands.add_parser(name, help=text) for name, text in _ACTIONS.items()]
+    for sub in operator:
+        sub.add_argument("model", help="The model's served name (or an alias).")
+    operator.append(
+        commands.add_parser("memory", help="The server's memory budget and what each model holds.")
+    )
+    for sub in operator:
+        sub.add_argument("--url", help="The server (default: http://LLM_HOST:LLM_PORT).")
+        sub.add_argument("--api-key", help="Bearer key (default: the first of LLM_API_KEYS).")
     return parser
 
 
@@ -146,7 +226,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level)
     if args.command == "models":
         return cmd_models(settings)
-    return cmd_serve(settings)
+    if args.command == "serve":
+        return cmd_serve(settings)
+    return cmd_admin(args, settings)
 
 
 if __name__ == "__main__":

@@ -61,12 +61,60 @@ class Settings(BaseSettings):
     # --- Lifecycle ---------------------------------------------------------------------------
     auto_unload_models: bool = Field(
         True,
-        description="Unload the least recently used idle model when more than LLM_MODEL_CACHE_SIZE "
-        "are loaded. When false, loaded models stay loaded.",
+        description="Evict the least recently used idle model when a model needs memory (or a place under "
+        "LLM_MODEL_CACHE_SIZE). When false, loaded models stay loaded and a model that does not fit is "
+        "refused.",
     )
-    model_cache_size: int = Field(3, ge=1, description="How many models may be loaded at once.")
+    model_cache_size: int | None = Field(
+        None, ge=1, description="Most models loaded at once; unset: as many as the memory budget holds."
+    )
     model_load_timeout_s: float = Field(
-        600.0, gt=0, description="How long a request waits for its model to load before it gets 503."
+        600.0,
+        gt=0,
+        description="How long a request waits for its model to load (or for memory to load it) before 503.",
+    )
+    max_waiting_requests: int = Field(
+        512,
+        ge=1,
+        description="Requests waiting for models to load, all models together; more get 503 + Retry-After.",
+    )
+    model_idle_ttl_s: float | None = Field(
+        None,
+        ge=0,
+        description="Unload a model idle this many seconds (like Ollama's keep_alive); unset: never. "
+        "A model's `idle_ttl_s` in models.yaml and a request's `keep_alive` (seconds) win.",
+    )
+    pinned_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated models loaded at start and never evicted (models.yaml: `pinned: true`).",
+    )
+    enable_parking: bool = Field(
+        True,
+        description="Park an evicted GPU model in RAM (vLLM sleep mode, or torch modules moved to the CPU) "
+        "when RAM allows, and wake it on its next request instead of loading it again.",
+    )
+
+    # --- Memory and placement ----------------------------------------------------------------
+    available_gpu_memory_gb: float | None = Field(
+        None,
+        gt=0,
+        description="GPU memory the server may use, GiB (e.g. 8 on a shared GPU); unset: what is free.",
+    )
+    available_ram_gb: float | None = Field(
+        None,
+        gt=0,
+        description="RAM the server's models may use, GiB: the budget without a GPU, and for parked and "
+        "offloaded weights with one; unset: what is available at start.",
+    )
+    enable_gpu_memory_offload: bool = Field(
+        True,
+        description="Run a model whose weights exceed the GPU budget with the excess in CPU RAM (vLLM "
+        "cpu_offload_gb, transformers device_map) rather than on the CPU alone.",
+    )
+    gpu_memory_offload_threshold_gb: float | None = Field(
+        None,
+        ge=0,
+        description="Keep at most this many GiB of any model's weights on the GPU; the rest is offloaded.",
     )
 
     # --- Embeddings batching -----------------------------------------------------------------
@@ -100,35 +148,23 @@ class Settings(BaseSettings):
     vllm_max_num_seqs: int | None = Field(
         None, ge=1, description="Most sequences a vLLM engine runs at once (vLLM's default when unset)."
     )
-    vllm_kv_cache_gb: float = Field(
-        1.0,
+    vllm_kv_cache_gb: float | None = Field(
+        None,
         gt=0,
-        description="KV-cache space per chat model on the CPU, in GiB. On a GPU vLLM sizes it from "
-        "LLM_GPU_MEMORY_UTILIZATION.",
+        description="KV cache per chat model, GiB; unset: room for LLM_VLLM_KV_CACHE_SEQUENCES full-length "
+        "sequences. Part of the model's memory plan.",
+    )
+    vllm_kv_cache_sequences: int = Field(
+        2,
+        ge=1,
+        description="Full-context sequences a chat model's KV cache holds (unless LLM_VLLM_KV_CACHE_GB).",
     )
     vllm_enforce_eager: bool = Field(
         False,
         description="Run vLLM without torch.compile / CUDA graphs: SmolLM2 loaded in about 24 s instead of "
         "90 s (2-core CPU, first start) and generates about 25% slower.",
     )
-    gpu_memory_utilization: float = Field(
-        0.9, gt=0, le=1, description="Fraction of GPU memory a vLLM engine may reserve."
-    )
-    vllm_cpu_offload_gb: float = Field(
-        0.0, ge=0, description="GiB of a chat model's weights vLLM keeps in CPU RAM (GPU only)."
-    )
     vllm_tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallel size (GPUs per model).")
-
-    # --- GPU placement (the memory-aware lifecycle issue builds on these) ---------------------
-    enable_gpu_memory_offload: bool = Field(
-        True, description="Allow GPU+CPU offload placement for models larger than the GPU budget. (planned)"
-    )
-    gpu_memory_offload_threshold_gb: float | None = Field(
-        None, ge=0, description="Force offload for models whose weights exceed this many GB. (planned)"
-    )
-    available_gpu_memory_gb: float | None = Field(
-        None, gt=0, description="Cap on the GPU memory placement plans with, for a shared GPU (e.g. 8)."
-    )
 
     @model_validator(mode="after")
     def _queue_holds_a_request(self) -> Settings:
@@ -140,7 +176,7 @@ class Settings(BaseSettings):
             )
         return self
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "pinned_models", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         """Accept ``a,b,c`` from the environment as well as a list from code."""
@@ -164,6 +200,18 @@ class Settings(BaseSettings):
     @property
     def max_request_body_bytes(self) -> int:
         return int(self.max_request_body_mb * 1024 * 1024)
+
+    @property
+    def gpu_budget_bytes(self) -> int | None:
+        return _gib(self.available_gpu_memory_gb)
+
+    @property
+    def ram_budget_bytes(self) -> int | None:
+        return _gib(self.available_ram_gb)
+
+
+def _gib(value: float | None) -> int | None:
+    return int(value * 1024**3) if value is not None else None
 
 
 def settings_table() -> str:

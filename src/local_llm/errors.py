@@ -18,6 +18,7 @@ class ErrorCategory(str, Enum):
     OVERLOADED = "overloaded"
     UNAVAILABLE = "unavailable"
     INSUFFICIENT_MEMORY = "insufficient_memory"
+    CONFLICT = "conflict"
     INTERNAL = "internal"
 
 
@@ -120,3 +121,11 @@ class EngineError(LocalLLMError):
     category = ErrorCategory.UNAVAILABLE
     error_type = "server_error"
     code = "engine_error"
+
+
+class ModelBusyError(LocalLLMError):
+    """An operator's action that would cut off requests in flight, or undo a pin."""
+
+    category = ErrorCategory.CONFLICT
+    error_type = "invalid_request_error"
+    code = "model_busy"

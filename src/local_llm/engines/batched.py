@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from local_llm.engines.base import Engine
+from local_llm.engines.base import Engine, TorchModuleParking
 from local_llm.engines.batching import BatchQueue, plan_forward_passes
 from local_llm.placement import PlacementPlan
 from local_llm.registry.spec import ModelSpec
@@ -35,7 +35,7 @@ T = TypeVar("T")
 PASSES_PER_GATHER = 8
 
 
-class BatchedEngine(Engine, Generic[P, R]):
+class BatchedEngine(TorchModuleParking, Engine, Generic[P, R]):
     """An engine whose inputs are tokenized on a thread of its own and run through one batch queue.
 
     Subclasses load the model (:meth:`_load`, on a worker thread), say how long an input is
@@ -140,9 +140,17 @@ class BatchedEngine(Engine, Generic[P, R]):
             yield list(zip(forward, results, strict=True))
 
 
-def module_bytes(module: Any) -> int:
-    """Bytes a loaded torch module holds in parameters and buffers: the engine's ``memory_bytes``."""
-    return int(sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers())))
+def module_bytes(module: Any, device: str | None = None) -> int:
+    """Bytes a loaded torch module holds in parameters and buffers: the engine's ``memory_bytes``.
+
+    With ``device``, only what sits on that kind of device (a gpu+offload device map keeps the rest
+    in CPU RAM, or on "meta" with accelerate's hooks holding the weights).
+    """
+    tensors = (*module.parameters(), *module.buffers())
+    if device is not None:
+        kind = device.split(":")[0]
+        tensors = tuple(t for t in tensors if t.device.type == kind)
+    return int(sum(t.numel() * t.element_size() for t in tensors))
 
 
 def pad_rows(rows: Sequence[Sequence[int]], fill: int, *, left: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from local_llm.engines.base import IMPORT_LOCK, Engine
+from local_llm.engines.base import IMPORT_LOCK, Engine, offload_options
 from local_llm.engines.batched import BatchedEngine, module_bytes, pad_rows
 from local_llm.engines.embedding import (
     SentenceTransformersEmbeddingEngine,
@@ -316,7 +316,7 @@ class LLMYesNoRerankEngine(_PairRerankEngine):
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        options = dict(self.spec.options.engine_options)
+        options = {**offload_options(self.plan), **self.spec.options.engine_options}
         # float32 on a CPU (bfloat16 matmuls there are slow and round the scores); the model's own on a GPU.
         options.setdefault("dtype", torch.float32 if self.plan.device == "cpu" else "auto")
         trust = self.spec.options.trust_remote_code
@@ -325,7 +325,9 @@ class LLMYesNoRerankEngine(_PairRerankEngine):
         model: Any = AutoModelForCausalLM.from_pretrained(
             path, local_files_only=True, trust_remote_code=trust, **options
         )
-        model.to(self.plan.device).eval()
+        if "device_map" not in options:
+            model.to(self.plan.device)
+        model.eval()
         answers = [
             tokenizer.convert_tokens_to_ids(t) for t in (self.template.yes_token, self.template.no_token)
         ]
@@ -343,7 +345,7 @@ class LLMYesNoRerankEngine(_PairRerankEngine):
         positions = getattr(model.config, "max_position_embeddings", None) or self.template.max_length
         self._max_length = min(self.template.max_length, int(positions))
         self._tokenizer = tokenizer
-        self.memory_bytes = module_bytes(model)
+        self.memory_bytes = module_bytes(model, self.plan.device)
         self._model = model
 
     def _release(self) -> None:

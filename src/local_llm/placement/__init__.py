@@ -1,12 +1,19 @@
 """Memory estimates, the device probe and the placement plan."""
 
-from local_llm.placement.plan import (
-    DeviceBudget,
-    Placement,
-    PlacementPlan,
-    estimate_bytes,
-    plan_placement,
-    probe_devices,
-)
+from local_llm.placement.estimate import MemoryEstimate, ModelNeed, estimate_need
+from local_llm.placement.plan import Placement, PlacementPlan, PlacementRules, Room, plan_placement
+from local_llm.placement.probe import DeviceSnapshot, GpuSnapshot, probe_devices
 
-__all__ = ["DeviceBudget", "Placement", "PlacementPlan", "estimate_bytes", "plan_placement", "probe_devices"]
+__all__ = [
+    "DeviceSnapshot",
+    "GpuSnapshot",
+    "MemoryEstimate",
+    "ModelNeed",
+    "Placement",
+    "PlacementPlan",
+    "PlacementRules",
+    "Room",
+    "estimate_need",
+    "plan_placement",
+    "probe_devices",
+]

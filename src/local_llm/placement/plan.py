@@ -1,30 +1,18 @@
-"""Where a model runs: the estimate, the device budget and the plan.
+"""Where a model runs: a pure decision over its need and the room the budget can give it.
 
-This is the first, deliberately small version: the estimate is the weight files plus the largest
-batch's activations, and the plan puts a model on the GPU when one is there and it fits, else on
-the CPU when it fits in RAM, else refuses. The memory-aware lifecycle issue refines the estimate
-(safetensors headers, KV cache), adds GPU+CPU offload and a ledger across loaded models; the
-shapes here (``estimate_bytes``, :class:`DeviceBudget`, :func:`plan_placement`) are what it grows.
+``room`` is what the model could have once every evictable model made way (the budget less what
+pinned models hold), so a model is placed the same way whether or not others are loaded now; the
+manager's admission then evicts or waits until that room is free.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from enum import Enum
 
 from local_llm.errors import InsufficientMemoryError
-from local_llm.registry.classify import UnservableFolder, read_json
-from local_llm.registry.spec import ModelKind, ModelSpec
-
-logger = logging.getLogger(__name__)
-
-GIB = 1024**3
-MIB = 1024**2
-# Interpreter-side buffers, tokenizer, framework bookkeeping: seen 60-120 MB for small encoders.
-_RUNTIME_OVERHEAD_BYTES = 128 * MIB
-# Activation bytes per token and hidden unit during an encoder forward (fp32, attention + MLP buffers).
-_ACTIVATION_FACTOR = 4 * 8
+from local_llm.placement.estimate import MemoryEstimate, ModelNeed, mib
+from local_llm.registry.spec import PlacementName
 
 
 class Placement(str, Enum):
@@ -34,66 +22,125 @@ class Placement(str, Enum):
 
 
 @dataclass(frozen=True)
-class DeviceBudget:
-    """What the machine can give a new model now, in bytes. ``gpu_free_bytes`` is None without a GPU."""
+class Room:
+    """Bytes a model may take on each device; ``gpu_bytes`` None without a GPU."""
 
-    ram_available_bytes: int
-    gpu_free_bytes: int | None = None
+    ram_bytes: int
+    gpu_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class PlacementRules:
+    """The operator's say: LLM_ENABLE_GPU_MEMORY_OFFLOAD, LLM_GPU_MEMORY_OFFLOAD_THRESHOLD_GB, models.yaml."""
+
+    enable_offload: bool = True
+    offload_threshold_bytes: int | None = None
+    placement: PlacementName | None = None
 
 
 @dataclass(frozen=True)
 class PlacementPlan:
     placement: Placement
-    # The torch device string the engine loads onto.
+    # The torch device string the engine computes on.
     device: str
-    estimated_bytes: int
+    # The need on that device, by part.
+    estimate: MemoryEstimate
+    # What the ledger reserves: on the GPU, and in RAM (a CPU model's whole need; offloaded weights).
+    gpu_bytes: int
+    ram_bytes: int
     reason: str
+    # Weight bytes kept in CPU RAM and streamed to the GPU (vLLM cpu_offload_gb).
+    offload_bytes: int = 0
+
+    @property
+    def estimated_bytes(self) -> int:
+        return self.estimate.total_bytes
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.placement is not Placement.CPU
 
 
-def estimate_bytes(spec: ModelSpec, batch_tokens: int) -> int:
-    """Memory a model needs once loaded: its weights, the largest batch's activations and overhead."""
-    estimate = spec.size_bytes + _RUNTIME_OVERHEAD_BYTES
-    if spec.kind in (ModelKind.EMBEDDING, ModelKind.RERANKER):
-        try:
-            hidden = int(read_json(spec.path / "config.json").get("hidden_size", 1024))
-        except (UnservableFolder, TypeError, ValueError):
-            hidden = 1024
-        estimate += batch_tokens * hidden * _ACTIVATION_FACTOR
-    return estimate
+def plan_placement(need: ModelNeed, room: Room, rules: PlacementRules) -> PlacementPlan:
+    """GPU when it fits; GPU with the excess weights offloaded when only the weights do not; else CPU.
 
-
-def probe_devices(gpu_cap_bytes: int | None = None) -> DeviceBudget:
-    """Measure free RAM (psutil) and free GPU memory (torch), the GPU capped at ``gpu_cap_bytes``."""
-    import psutil
-
-    ram = int(psutil.virtual_memory().available)
-    gpu: int | None = None
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            free, _total = torch.cuda.mem_get_info()
-            gpu = int(free) if gpu_cap_bytes is None else min(int(free), gpu_cap_bytes)
-    except Exception as exc:  # a broken CUDA install must not stop CPU serving
-        logger.warning("GPU probe failed, planning for CPU only: %s", exc)
-    return DeviceBudget(ram_available_bytes=ram, gpu_free_bytes=gpu)
-
-
-def plan_placement(spec: ModelSpec, estimated: int, budget: DeviceBudget) -> PlacementPlan:
-    """Pure: choose GPU when it fits, else CPU when RAM fits, else refuse with need and budget."""
-    need = f"needs about {estimated / MIB:,.0f} MiB"
-    if budget.gpu_free_bytes is not None:
-        if estimated <= budget.gpu_free_bytes:
-            reason = f"{need}; fits the free GPU budget of {budget.gpu_free_bytes / MIB:,.0f} MiB"
-            return PlacementPlan(Placement.GPU, "cuda", estimated, reason)
-        gpu_note = f"GPU budget {budget.gpu_free_bytes / MIB:,.0f} MiB is too small; "
+    Raises :class:`InsufficientMemoryError` naming need and budget when nothing fits.
+    """
+    if room.gpu_bytes is None or rules.placement == "cpu":
+        why = "placement: cpu in models.yaml" if rules.placement == "cpu" else "no GPU"
+        return _on_cpu(need, room, why)
+    gpu = need.on_gpu
+    gpu_room = room.gpu_bytes
+    threshold = rules.offload_threshold_bytes
+    over_threshold = threshold is not None and gpu.weights_bytes > threshold
+    fits = gpu.total_bytes <= gpu_room
+    if rules.placement == "gpu" or (rules.placement is None and fits and not over_threshold):
+        if fits:
+            return _on_gpu(gpu, f"fits the GPU budget of {mib(gpu_room)}")
+        if rules.placement == "gpu":
+            raise _refusal(need, room, "placement: gpu in models.yaml, and the GPU budget is too small")
+    if rules.placement == "gpu+offload" and fits and not over_threshold:
+        return _on_gpu(gpu, "placement: gpu+offload in models.yaml, but it fits the GPU budget whole")
+    offload_allowed = rules.enable_offload or rules.placement == "gpu+offload"
+    if need.can_offload and offload_allowed:
+        above_threshold = gpu.weights_bytes - threshold if threshold is not None and over_threshold else 0
+        excess = max(gpu.total_bytes - gpu_room, above_threshold, 0)
+        if 0 < excess < gpu.weights_bytes and excess <= room.ram_bytes:
+            why = (
+                f"its weights exceed LLM_GPU_MEMORY_OFFLOAD_THRESHOLD_GB ({mib(threshold or 0)})"
+                if over_threshold and gpu.total_bytes <= gpu_room
+                else f"exceeds the GPU budget of {mib(gpu_room)}"
+            )
+            return PlacementPlan(
+                Placement.GPU_OFFLOAD,
+                "cuda",
+                gpu,
+                gpu_bytes=gpu.total_bytes - excess,
+                ram_bytes=excess,
+                offload_bytes=excess,
+                reason=f"needs {gpu.describe()} = {mib(gpu.total_bytes)}; {why}, so {mib(excess)} of "
+                "weights stay in CPU RAM",
+            )
+    if rules.placement == "gpu+offload":
+        raise _refusal(need, room, "placement: gpu+offload in models.yaml, and it cannot be split to fit")
+    if not need.can_offload:
+        why = (
+            f"{mib(gpu.total_bytes)} exceeds the GPU budget of {mib(gpu_room)} and this engine cannot offload"
+        )
+    elif not offload_allowed:
+        why = f"{mib(gpu.total_bytes)} exceeds the GPU budget of {mib(gpu_room)} (offload disabled)"
     else:
-        gpu_note = "no GPU; "
-    if estimated <= budget.ram_available_bytes:
-        reason = f"{need}; {gpu_note}fits available RAM of {budget.ram_available_bytes / MIB:,.0f} MiB"
-        return PlacementPlan(Placement.CPU, "cpu", estimated, reason)
-    raise InsufficientMemoryError(
-        f"Model '{spec.name}' {need}, but only {budget.ram_available_bytes / MIB:,.0f} MiB of RAM"
-        + (f" and {budget.gpu_free_bytes / MIB:,.0f} MiB of GPU memory" if budget.gpu_free_bytes else "")
-        + " are available."
+        why = f"even offloaded it does not fit the GPU budget of {mib(gpu_room)}"
+    return _on_cpu(need, room, why)
+
+
+def _on_gpu(estimate: MemoryEstimate, why: str) -> PlacementPlan:
+    reason = f"needs {estimate.describe()} = {mib(estimate.total_bytes)}; {why}"
+    return PlacementPlan(
+        Placement.GPU, "cuda", estimate, gpu_bytes=estimate.total_bytes, ram_bytes=0, reason=reason
+    )
+
+
+def _on_cpu(need: ModelNeed, room: Room, why: str) -> PlacementPlan:
+    cpu = need.on_cpu
+    if cpu.total_bytes > room.ram_bytes:
+        raise _refusal(need, room, why)
+    return PlacementPlan(
+        Placement.CPU,
+        "cpu",
+        cpu,
+        gpu_bytes=0,
+        ram_bytes=cpu.total_bytes,
+        reason=f"needs {cpu.describe()} = {mib(cpu.total_bytes)}; {why}; fits the RAM budget of "
+        f"{mib(room.ram_bytes)}",
+    )
+
+
+def _refusal(need: ModelNeed, room: Room, why: str) -> InsufficientMemoryError:
+    gpu = f" and {mib(room.gpu_bytes)} of GPU memory" if room.gpu_bytes is not None else ""
+    return InsufficientMemoryError(
+        f"Model '{need.name}' does not fit: it needs {mib(need.on_cpu.total_bytes)} on the CPU"
+        + (f" or {mib(need.on_gpu.total_bytes)} on the GPU" if room.gpu_bytes is not None else "")
+        + f" ({why}); the budget left for it is {mib(room.ram_bytes)} of RAM{gpu} "
+        "(LLM_AVAILABLE_RAM_GB, LLM_AVAILABLE_GPU_MEMORY_GB; pinned models keep theirs)."
     )

@@ -166,6 +166,9 @@ class _Sampling(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     user: str | None = None
+    # Extension (Ollama's keep_alive, in seconds): how long the model stays loaded once idle;
+    # negative keeps it loaded, 0 unloads it as soon as it is idle. Overrides LLM_MODEL_IDLE_TTL_S.
+    keep_alive: float | None = None
 
     @field_validator("logit_bias")
     @classmethod
@@ -177,7 +180,7 @@ class _Sampling(BaseModel):
 
     def engine_fields(self) -> dict[str, Any]:
         """The request as the client sent it (only the fields it set), for the engine."""
-        return self.model_dump(exclude_unset=True, by_alias=True)
+        return self.model_dump(exclude_unset=True, by_alias=True, exclude={"keep_alive"})
 
 
 class ChatCompletionRequest(_Sampling):

@@ -18,6 +18,9 @@ class EmbeddingRequest(BaseModel):
         "(ids of the model's own tokenizer, used as given)."
     )
     model: StrictStr
+    # Extension (Ollama's keep_alive, in seconds): how long the model stays loaded once idle;
+    # negative keeps it loaded, 0 unloads it as soon as it is idle. Overrides LLM_MODEL_IDLE_TTL_S.
+    keep_alive: float | None = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: StrictInt | None = Field(
         None, gt=0, description="Truncate to this many dimensions and renormalise (Matryoshka models)."

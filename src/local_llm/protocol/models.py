@@ -7,6 +7,16 @@ from typing import Literal
 from pydantic import BaseModel
 
 
+class MemoryParts(BaseModel):
+    """A memory estimate by part, in bytes."""
+
+    weights: int
+    kv_cache: int = 0
+    activations: int = 0
+    runtime: int = 0
+    total: int
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
@@ -24,11 +34,22 @@ class ModelCard(BaseModel):
     rerank_scorer: str | None = None
     source: str
     backend: str | None = None
+    # Where it runs and why; before the first load, what it would need on the device it is likely to use.
     placement: str | None = None
     placement_reason: str | None = None
     estimated_bytes: int | None = None
+    estimate: MemoryParts | None = None
+    # Weight bytes kept in CPU RAM while computing on the GPU (gpu+offload).
+    offload_bytes: int | None = None
+    # What loading really took: GPU memory of vLLM's process, its RSS on a CPU, tensors in-process.
     measured_bytes: int | None = None
     load_seconds: float | None = None
+    wake_seconds: float | None = None
+    park_seconds: float | None = None
+    pinned: bool = False
+    # Unix time of the last request; the idle time to live in seconds (null: none).
+    last_used: int | None = None
+    idle_ttl_s: float | None = None
     max_model_len: int | None = None
     # Requests holding the model, and (where the engine tells) those it is computing right now.
     in_flight: int = 0

@@ -39,6 +39,10 @@ class _RerankOptions(BaseModel):
     # Unknown fields are ignored (as vLLM does), so clients that send extras keep working.
     model_config = ConfigDict(extra="ignore")
 
+    # Extension (Ollama's keep_alive, in seconds): how long the model stays loaded once idle;
+    # negative keeps it loaded, 0 unloads it as soon as it is idle. Overrides LLM_MODEL_IDLE_TTL_S.
+    keep_alive: float | None = None
+
     model: StrictStr | None = Field(
         None,
         description="The model to rank with. When absent: LLM_DEFAULT_RERANK_MODEL, else the only "

@@ -173,6 +173,9 @@ def inspect_candidate(candidate: Candidate, override: ModelOverride | None) -> M
         engine=override.engine if override else None,
         tool_call_parser=override.tool_call_parser if override else None,
         reasoning_parser=override.reasoning_parser if override else None,
+        placement=override.placement if override else None,
+        pinned=bool(override and override.pinned),
+        idle_ttl_s=override.idle_ttl_s if override else None,
     )
     gguf_file = _gguf_file(folder)
     if gguf_file is not None:

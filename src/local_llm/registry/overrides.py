@@ -22,6 +22,11 @@ Example (keys are folders relative to the models folder)::
         tool_call_parser: hermes
       qwen2.5-0.5b-instruct-q4_k_m.gguf:   # a GGUF file, imported as a safetensors folder
         name: qwen-small
+      Qwen2.5-7B-Instruct:
+        placement: gpu+offload  # gpu | gpu+offload | cpu; planned from memory when unset
+        pinned: true            # loaded at start, never evicted
+      bge-m3:
+        idle_ttl_s: 300         # unloaded after 5 idle minutes (LLM_MODEL_IDLE_TTL_S for all)
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from local_llm.registry.spec import ChatEngineName, ModelKind, RerankScorer
+from local_llm.registry.spec import ChatEngineName, ModelKind, PlacementName, RerankScorer
 
 OVERRIDES_FILE = "models.yaml"
 # A served name is an identifier, never a path: no "..", no leading "/", no backslashes.
@@ -78,6 +83,9 @@ class ModelOverride(BaseModel):
     engine: ChatEngineName | None = None
     tool_call_parser: str | None = None
     reasoning_parser: str | None = None
+    placement: PlacementName | None = None
+    pinned: bool = False
+    idle_ttl_s: float | None = Field(None, ge=0)
 
     @field_validator("name")
     @classmethod

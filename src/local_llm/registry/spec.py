@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 #: Which engine serves a chat model; ``None`` follows LLM_CHAT_ENGINE.
 ChatEngineName = Literal["vllm", "transformers"]
+#: Where a model runs, when the operator decides instead of the planner (models.yaml ``placement``).
+PlacementName = Literal["gpu", "gpu+offload", "cpu"]
 
 
 class ModelKind(str, Enum):
@@ -56,6 +58,10 @@ class ModelOptions:
     engine: ChatEngineName | None = None
     tool_call_parser: str | None = None
     reasoning_parser: str | None = None
+    # Lifecycle: where it runs (None: planned), never evicted, unloaded after this long idle.
+    placement: PlacementName | None = None
+    pinned: bool = False
+    idle_ttl_s: float | None = None
 
 
 @dataclass(frozen=True)

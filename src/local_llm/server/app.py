@@ -19,7 +19,7 @@ from local_llm.registry import ModelRegistry, WeightFormat
 from local_llm.server.auth import require_api_key
 from local_llm.server.errors import install_error_handlers
 from local_llm.server.middleware import BodySizeLimit
-from local_llm.server.routers import chat, embeddings, health, models, rerank
+from local_llm.server.routers import admin, chat, embeddings, health, models, rerank
 from local_llm.server.serving.chat import ChatService
 from local_llm.server.serving.embeddings import EmbeddingsService
 from local_llm.server.serving.models import ModelsService
@@ -54,6 +54,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
             asyncio.create_task(asyncio.to_thread(preload_backends, (m.kind for m in registry.models))),
             asyncio.create_task(import_gguf_models(registry, settings)),
         ]
+        await manager.start()
         yield
         for task in preparing:
             task.cancel()
@@ -65,7 +66,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
     app.state.manager = manager
     app.state.embeddings = EmbeddingsService(manager, settings)
     app.state.chat = ChatService(manager)
-    app.state.models = ModelsService(manager, settings.embedding_batch_tokens)
+    app.state.models = ModelsService(manager)
     app.state.rerank = RerankService(manager, settings)
 
     install_error_handlers(app)
@@ -75,6 +76,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
     app.include_router(embeddings.router, dependencies=authenticated)
     app.include_router(models.router, dependencies=authenticated)
     app.include_router(rerank.router, dependencies=authenticated)
+    app.include_router(admin.router, dependencies=authenticated)
     app.include_router(health.router)
     return app
 

@@ -24,6 +24,7 @@ STATUS_BY_CATEGORY: dict[ErrorCategory, int] = {
     ErrorCategory.OVERLOADED: 503,
     ErrorCategory.UNAVAILABLE: 503,
     ErrorCategory.INSUFFICIENT_MEMORY: 507,
+    ErrorCategory.CONFLICT: 409,
     ErrorCategory.INTERNAL: 500,
 }
 

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from local_llm.config import Settings
-from local_llm.engines.base import IMPORT_LOCK
+from local_llm.engines.base import IMPORT_LOCK, TorchModuleParking, offload_options
+from local_llm.engines.batched import module_bytes
 from local_llm.engines.chat.base import ChatEngine, ChatResult
 from local_llm.engines.chat.parsers import tool_call_parser
 from local_llm.engines.gguf_import import ensure_imported
@@ -68,7 +69,7 @@ class Generated:
     logprobs: list[dict[str, Any]] | None = None
 
 
-class TransformersChatEngine(ChatEngine):
+class TransformersChatEngine(TorchModuleParking, ChatEngine):
     backend = "transformers"
 
     def __init__(self, spec: ModelSpec, plan: PlacementPlan, settings: Settings) -> None:
@@ -108,16 +109,19 @@ class TransformersChatEngine(ChatEngine):
 
         trust = self.spec.options.trust_remote_code
         self._tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust)
+        options = {**offload_options(self.plan), **self.spec.options.engine_options}
         model = AutoModelForCausalLM.from_pretrained(
-            str(folder), dtype="auto", trust_remote_code=trust, **self.spec.options.engine_options
+            str(folder), dtype="auto", trust_remote_code=trust, **options
         )
-        self._model = model.to(self.plan.device).eval()  # type: ignore[arg-type]
+        if "device_map" not in options:
+            model = model.to(self.plan.device)  # type: ignore[arg-type]
+        self._model = model.eval()
         config = read_json(folder / "config.json")
         own = config.get("max_position_embeddings") or _DEFAULT_CONTEXT
         cap = self._settings.vllm_max_model_len
         self._context = min(int(own), cap) if cap else int(own)
         self._tool_parser = tool_call_parser(self.spec, self._tokenizer.chat_template)
-        self.memory_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+        self.memory_bytes = module_bytes(model, self.plan.device)
         torch.set_grad_enabled(False)
 
     async def stop(self) -> None:

@@ -26,7 +26,8 @@ from local_llm.engines.chat.base import ChatEngine, ChatResult
 from local_llm.engines.chat.parsers import FALLBACK_TOOL_PARSER, reasoning_parser, tool_call_parser
 from local_llm.engines.gguf_import import ensure_imported
 from local_llm.errors import ContextLengthExceededError, EngineError, InvalidRequestError
-from local_llm.placement import Placement, PlacementPlan
+from local_llm.placement import Placement, PlacementPlan, probe_devices
+from local_llm.placement.probe import our_process_ids, process_gpu_bytes, processes_rss
 from local_llm.protocol.chat import ChatCompletionRequest, CompletionRequest
 from local_llm.registry.classify import read_chat_template, read_json
 from local_llm.registry.spec import ModelSpec, WeightFormat
@@ -40,6 +41,8 @@ logger = logging.getLogger(__name__)
 # vLLM's "auto" backend failed on the CPU build; xgrammar works on both. Compact JSON: with any
 # whitespace allowed, small models often pad JSON with blanks until max_tokens runs out.
 STRUCTURED_OUTPUTS_CONFIG = {"backend": "xgrammar", "disable_any_whitespace": True}
+# GPU memory a sleeping (parked) engine process keeps: its CUDA context and allocator pools.
+VLLM_PARKED_GPU_BYTES = 768 * 1024**2
 
 
 class VllmChatEngine(ChatEngine):
@@ -54,6 +57,8 @@ class VllmChatEngine(ChatEngine):
         self._chat_request_type: Any = None
         self._completion_request_type: Any = None
         self._tool_parser: str | None = None
+        # vLLM's engine-core process(es), whose memory is this model's (measured after loading).
+        self._engine_processes: set[int] = set()
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -62,9 +67,11 @@ class VllmChatEngine(ChatEngine):
         if self.spec.weight_format is WeightFormat.GGUF:
             folder = await ensure_imported(self.spec.path, self._settings.data_dir)
         logger.info("starting vLLM for %s (%s)", self.spec.name, self._describe_args(folder))
+        children_before = our_process_ids()
         self._engine = await asyncio.to_thread(self._create_engine, folder)
+        self._engine_processes = our_process_ids() - children_before
         self._build_serving(folder)
-        self.memory_bytes = _weight_bytes(folder) + self._kv_cache_bytes()
+        self.memory_bytes = await asyncio.to_thread(self._measure)
         logger.info(
             "chat model %s ready on vLLM in %.1fs: context %d tokens, tool parser %s",
             self.spec.name,
@@ -88,20 +95,47 @@ class VllmChatEngine(ChatEngine):
         }
         if settings.vllm_max_num_seqs:
             args["max_num_seqs"] = settings.vllm_max_num_seqs
+        # The KV cache the plan reserved: exactly that, on either device, so engines sharing a GPU
+        # (or RAM) take what the ledger counts and not a fraction of the whole device.
+        args["kv_cache_memory_bytes"] = self.plan.estimate.kv_cache_bytes
         if on_gpu:
-            args["gpu_memory_utilization"] = settings.gpu_memory_utilization
-            if settings.vllm_cpu_offload_gb:
-                args["cpu_offload_gb"] = settings.vllm_cpu_offload_gb
-        else:
-            # Without an explicit size the CPU build applies the "GPU" fraction to all of RAM.
-            args["kv_cache_memory_bytes"] = self._kv_cache_bytes()
+            # vLLM checks at start that total x utilization is free: ask for what the plan holds.
+            total = self._gpu_total_bytes()
+            args["gpu_memory_utilization"] = round(min(max(self.plan.gpu_bytes / total, 0.01), 0.95), 4)
+            if self.plan.offload_bytes:
+                args["cpu_offload_gb"] = round(self.plan.offload_bytes / 1024**3, 3)
+            elif settings.enable_parking:
+                args["enable_sleep_mode"] = True
         args.update(self.spec.options.engine_options)
         return args
 
     def _describe_args(self, folder: Path) -> str:
         args = self._engine_args(folder)
-        shown = ("dtype", "max_model_len", "enforce_eager", "kv_cache_memory_bytes", "gpu_memory_utilization")
+        shown = (
+            "dtype",
+            "max_model_len",
+            "enforce_eager",
+            "kv_cache_memory_bytes",
+            "gpu_memory_utilization",
+            "cpu_offload_gb",
+            "enable_sleep_mode",
+        )
         return ", ".join(f"{key}={args[key]}" for key in shown if key in args)
+
+    @staticmethod
+    def _gpu_total_bytes() -> int:
+        snapshot = probe_devices().gpu
+        if snapshot is None:
+            raise EngineError("the plan puts this model on a GPU, but no GPU is visible now")
+        return snapshot.total_bytes
+
+    def _measure(self) -> int | None:
+        """What vLLM's engine process really holds: GPU memory (NVML) on a GPU, else its RSS."""
+        if self.plan.on_gpu:
+            gpu = process_gpu_bytes(self._engine_processes)
+            if gpu is not None:
+                return gpu
+        return processes_rss(self._engine_processes) or None
 
     def _create_engine(self, folder: Path) -> AsyncLLM:
         with IMPORT_LOCK:
@@ -158,6 +192,23 @@ class VllmChatEngine(ChatEngine):
         self._chat_request_type = VllmChatRequest
         self._completion_request_type = VllmCompletionRequest
 
+    # --- parking: vLLM sleep mode level 1 (weights to CPU RAM, KV cache dropped) ------------------
+    @property
+    def can_park(self) -> bool:
+        return self.plan.placement is Placement.GPU and self._settings.enable_parking
+
+    @property
+    def parked_gpu_bytes(self) -> int:
+        return VLLM_PARKED_GPU_BYTES
+
+    async def park(self) -> None:
+        await self.engine.sleep(level=1)
+
+    async def wake(self) -> None:
+        await self.engine.wake_up()
+        # Level 1 dropped the KV cache's contents; no cached prefix may point into it.
+        await self.engine.reset_prefix_cache()
+
     async def stop(self) -> None:
         engine, self._engine = self._engine, None
         self._chat = self._completion = None
@@ -205,9 +256,6 @@ class VllmChatEngine(ChatEngine):
         config = read_json(folder / "config.json")
         saved = config.get("dtype") or config.get("torch_dtype")
         return "float32" if saved == "float32" else "auto"
-
-    def _kv_cache_bytes(self) -> int:
-        return int(self._settings.vllm_kv_cache_gb * 1024**3) if self.plan.placement is Placement.CPU else 0
 
     # --- requests ------------------------------------------------------------------------------
     async def chat(self, request: ChatCompletionRequest) -> ChatResult:
@@ -277,7 +325,3 @@ async def _encoded(events: AsyncIterator[str]) -> AsyncIterator[bytes]:
         aclose = getattr(events, "aclose", None)
         if aclose is not None:
             await aclose()
-
-
-def _weight_bytes(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.glob("*.safetensors"))

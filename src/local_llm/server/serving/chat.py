@@ -31,12 +31,12 @@ class ChatService:
                 param="model",
             )
         check_chat_request(request)
-        return await self._answer(spec, lambda engine: engine.chat(request))
+        return await self._answer(spec, request.keep_alive, lambda engine: engine.chat(request))
 
     async def complete(self, request: CompletionRequest) -> ChatResult:
         spec = self._chat_model(request.model, COMPLETIONS_ROUTE)
         check_sampling(request)
-        return await self._answer(spec, lambda engine: engine.complete(request))
+        return await self._answer(spec, request.keep_alive, lambda engine: engine.complete(request))
 
     def _chat_model(self, name: str, route: str) -> ModelSpec:
         spec = self._manager.registry.get(name)
@@ -44,10 +44,10 @@ class ChatService:
             raise ModelTypeMismatchError(name, spec.kind.value, route)
         return spec
 
-    async def _answer(self, spec: ModelSpec, run: EngineCall) -> ChatResult:
+    async def _answer(self, spec: ModelSpec, keep_alive: float | None, run: EngineCall) -> ChatResult:
         """Run ``run(engine)`` under a lease; a stream keeps the lease until it ends or is closed."""
         stack = AsyncExitStack()
-        engine = await stack.enter_async_context(self._manager.lease(spec.name))
+        engine = await stack.enter_async_context(self._manager.lease(spec.name, keep_alive_s=keep_alive))
         try:
             if not isinstance(engine, ChatEngine):
                 raise ModelTypeMismatchError(spec.name, spec.kind.value, CHAT_ROUTE)

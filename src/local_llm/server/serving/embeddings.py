@@ -42,7 +42,7 @@ class EmbeddingsService:
                 param="dimensions",
             )
 
-        async with self._manager.lease(spec.name) as engine:
+        async with self._manager.lease(spec.name, keep_alive_s=request.keep_alive) as engine:
             if not isinstance(engine, EmbeddingEngine):
                 raise ModelTypeMismatchError(request.model, spec.kind.value, ROUTE)
             if request.dimensions is not None and request.dimensions > engine.dimension:

@@ -91,7 +91,7 @@ class RerankService:
                 f"{self._settings.max_inputs_per_request} are accepted (LLM_MAX_INPUTS_PER_REQUEST).",
                 param=documents_param,
             )
-        async with self._manager.lease(spec.name) as engine:
+        async with self._manager.lease(spec.name, keep_alive_s=request.keep_alive) as engine:
             if not isinstance(engine, RerankEngine):
                 raise ModelTypeMismatchError(spec.name, spec.kind.value, ROUTE)
             try:

@@ -1,0 +1,313 @@
+"""Swapping models under a memory budget: cold loads, parks, wakes, peak memory, mixed load.
+
+Starts our server on ``--models-dir`` with a budget (``--gpu-budget-gb`` on a GPU, ``--ram-budget-gb``
+on a CPU), then
+1. visits the models in turn, ``--rounds`` times, so each visit forces a swap: the first visit is a
+   cold load, later ones find the model parked (GPU) or unloaded (CPU). Per model it reports the
+   server's own load / park / wake times (/v1/models) and the cold-load-to-wake ratio;
+2. sends ``--mixed-s`` seconds of concurrent requests to random models and counts failures, while
+   a sampler records the device's peak memory (NVML on a GPU: the whole device, less what was in use
+   before the server started; process-tree RSS on a CPU) and the ledger's peak (/admin/memory);
+3. measures generation speed of every chat model placed gpu+offload (tokens/s, ignore_eos).
+
+    python benchmarks/swap.py --models-dir /tmp/swap-models --gpu-budget-gb 8 --docs-key gpu --write-docs
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import random
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import child_env, cpu_model, ram_gib, running_server, version, vllm_version, write_docs
+
+MIB = 2**20
+PROMPT = "Write a long story about the sea and the ships that sail on it."
+
+
+@dataclass
+class Sampler:
+    """Peak memory, sampled every 50 ms on a thread: the GPU's used bytes, or the server tree's RSS."""
+
+    server_pid: int
+    gpu: bool
+    baseline: int = 0
+    peak: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.baseline = self._read() if self.gpu else 0
+
+    def _read(self) -> int:
+        if self.gpu:
+            import pynvml
+
+            handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+            return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+        import psutil
+
+        root = psutil.Process(self.server_pid)
+        total = 0
+        for process in (root, *root.children(recursive=True)):
+            with contextlib.suppress(psutil.Error):
+                total += process.memory_info().rss
+        return total
+
+    def run(self) -> None:
+        while not self._stop.wait(0.05):
+            with contextlib.suppress(Exception):
+                self.peak = max(self.peak, self._read() - self.baseline)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def request_for(card: dict[str, Any], max_tokens: int = 8) -> tuple[str, dict[str, Any]]:
+    kind = card["type"]
+    if kind == "embedding":
+        return "/v1/embeddings", {
+            "model": card["id"],
+            "input": ["数据库索引如何工作", "how does an index work"],
+        }
+    if kind == "reranker":
+        documents = ["B-trees keep keys sorted", "今天天气很好", "an index speeds up lookups"]
+        return "/v1/rerank", {"model": card["id"], "query": "database index", "documents": documents}
+    body = {
+        "model": card["id"],
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+    }
+    return "/v1/chat/completions", body
+
+
+def cards(client: httpx.Client) -> dict[str, dict[str, Any]]:
+    return {card["id"]: card for card in client.get("/v1/models").json()["data"]}
+
+
+@dataclass
+class Visits:
+    cold: dict[str, float] = field(default_factory=dict)
+    park: dict[str, list[float]] = field(default_factory=dict)
+    wake: dict[str, list[float]] = field(default_factory=dict)
+    reload: dict[str, list[float]] = field(default_factory=dict)
+    speed: dict[str, float] = field(default_factory=dict)
+
+
+def visit_in_turn(client: httpx.Client, names: list[str], rounds: int, speed_tokens: int) -> Visits:
+    """Each model in turn: every visit evicts (parks or unloads) the one before when the budget is tight.
+
+    A chat model placed gpu+offload also gets a ``speed_tokens`` generation, timed, on its first visit.
+    """
+    visits = Visits()
+    for _ in range(rounds):
+        for name in names:
+            before = cards(client)
+            state = before[name]["state"]
+            path, body = request_for(before[name])
+            response = client.post(path, json=body)
+            response.raise_for_status()
+            after = cards(client)
+            card = after[name]
+            if name not in visits.cold:
+                visits.cold[name] = card["load_seconds"]
+            elif state == "parked":
+                visits.wake.setdefault(name, []).append(card["wake_seconds"])
+            elif state != "loaded":
+                visits.reload.setdefault(name, []).append(card["load_seconds"])
+            for other, other_card in after.items():
+                if before[other]["state"] == "loaded" and other_card["state"] == "parked":
+                    visits.park.setdefault(other, []).append(other_card["park_seconds"])
+            if card["placement"] == "gpu+offload" and name not in visits.speed:
+                _, timed = request_for(card, max_tokens=speed_tokens)
+                started = time.perf_counter()
+                usage = client.post(path, json=timed).json()["usage"]
+                visits.speed[name] = usage["completion_tokens"] / (time.perf_counter() - started)
+            print(f"  {name}: was {state}, {response.elapsed.total_seconds():.2f}s", flush=True)
+    return visits
+
+
+def mixed_load(base_url: str, names: list[str], seconds: float, workers: int) -> tuple[int, int, list[str]]:
+    """``workers`` clients sending requests to random models for ``seconds``; (ok, failed, errors)."""
+    ok = failed = 0
+    errors: list[str] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def worker(seed: int) -> None:
+        nonlocal ok, failed
+        rng = random.Random(seed)
+        with httpx.Client(base_url=base_url, timeout=900) as client:
+            all_cards = cards(client)
+            while time.monotonic() < deadline:
+                path, body = request_for(all_cards[rng.choice(names)])
+                try:
+                    response = client.post(path, json=body)
+                    good = response.status_code == 200
+                    detail = f"{response.status_code} {response.text[:200]}"
+                except httpx.HTTPError as exc:
+                    good, detail = False, repr(exc)
+                with lock:
+                    if good:
+                        ok += 1
+                    else:
+                        failed += 1
+                        errors.append(detail)
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return ok, failed, errors
+
+
+def ledger_peak(base_url: str, stop: threading.Event, peaks: dict[str, int]) -> None:
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        while not stop.wait(0.2):
+            with contextlib.suppress(Exception):
+                memory = client.get("/admin/memory").json()
+                for device in ("ram", "gpu"):
+                    if memory.get(device):
+                        peaks[device] = max(peaks.get(device, 0), memory[device]["reserved_bytes"])
+                        peaks[f"{device}_budget"] = memory[device]["budget_bytes"]
+
+
+def median(values: list[float] | None) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    return f"{value:.{digits}f}" if value is not None else "–"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models-dir", type=Path, help="Default: the bundled models (MiniLM, SmolLM2)")
+    parser.add_argument("--gpu-budget-gb", type=float)
+    parser.add_argument("--ram-budget-gb", type=float)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--mixed-s", type=float, default=60)
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--offload-tokens", type=int, default=64)
+    parser.add_argument("--port", type=int, default=15580)
+    parser.add_argument(
+        "--order", help="Comma-separated models to visit in this order (default: all, sorted)"
+    )
+    parser.add_argument(
+        "--mixed-models", help="Comma-separated models of the mixed load (default: --order's)"
+    )
+    parser.add_argument("--server-arg", action="append", default=[], help="Extra flag for local-llm serve")
+    parser.add_argument("--docs-key", choices=["cpu", "gpu"])
+    parser.add_argument("--write-docs", action="store_true")
+    args = parser.parse_args()
+
+    gpu = args.gpu_budget_gb is not None
+    env = child_env()
+    argv = [sys.executable, "-m", "local_llm", "serve", "--port", str(args.port)]
+    if args.models_dir:
+        argv += ["--models-dir", str(args.models_dir), "--no-bundled-models"]
+    argv += args.server_arg
+    if gpu:
+        argv += ["--available-gpu-memory-gb", str(args.gpu_budget_gb)]
+        import pynvml
+
+        pynvml.nvmlInit()
+    if args.ram_budget_gb:
+        argv += ["--available-ram-gb", str(args.ram_budget_gb)]
+    base_url = f"http://127.0.0.1:{args.port}"
+    log_path = Path("/tmp") / f"swap-bench-{args.port}.log"
+    sampler: Sampler | None = None
+    with running_server("local-llm", argv, args.port, log_path, env) as process:
+        sampler = Sampler(process.pid, gpu)
+        threading.Thread(target=sampler.run, daemon=True).start()
+        stop_ledger = threading.Event()
+        peaks: dict[str, int] = {}
+        threading.Thread(target=ledger_peak, args=(base_url, stop_ledger, peaks), daemon=True).start()
+        with httpx.Client(base_url=base_url, timeout=1800) as client:
+            names = args.order.split(",") if args.order else sorted(cards(client))
+            print(f"visiting {names} x{args.rounds}", flush=True)
+            visits = visit_in_turn(client, names, args.rounds, args.offload_tokens)
+            mixed = args.mixed_models.split(",") if args.mixed_models else sorted(set(names))
+            print(f"mixed load on {mixed} for {args.mixed_s:.0f}s with {args.workers} clients", flush=True)
+            ok, failed, errors = mixed_load(base_url, mixed, args.mixed_s, args.workers)
+            speeds = visits.speed
+            final = cards(client)
+        stop_ledger.set()
+        sampler.stop()
+
+    device = "GPU " + _gpu_name() if gpu else f"CPU {cpu_model()}, {ram_gib():.0f} GiB RAM"
+    rows = [
+        "| Model | Type | Placement | Estimated MiB | Measured MiB | Cold load s | Park s | Wake s | "
+        "Reload s | Cold load / wake |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in dict.fromkeys(names):
+        card = final[name]
+        wake = median(visits.wake.get(name))
+        cold = visits.cold.get(name)
+        ratio = f"{cold / wake:.0f}x" if cold and wake else "–"
+        measured = card.get("measured_bytes")
+        rows.append(
+            f"| {name} | {card['type']} | {card.get('placement') or '–'} | "
+            f"{card['estimated_bytes'] / MIB:,.0f} | {fmt(measured / MIB if measured else None, 0)} | "
+            f"{fmt(cold)} | {fmt(median(visits.park.get(name)))} | {fmt(wake)} | "
+            f"{fmt(median(visits.reload.get(name)))} | {ratio} |"
+        )
+    budget_key = "gpu" if gpu else "ram"
+    budget = peaks.get(f"{budget_key}_budget", 0)
+    summary = [
+        f"- Machine: {device}; vLLM {vllm_version()}, torch {version('torch')}.",
+        f"- Budget: {budget / MIB:,.0f} MiB of {'GPU memory' if gpu else 'RAM'}; ledger peak "
+        f"{peaks.get(budget_key, 0) / MIB:,.0f} MiB; measured peak "
+        f"{(sampler.peak if sampler else 0) / MIB:,.0f} MiB "
+        + (
+            "(NVML, whole device less what was used before the server started)."
+            if gpu
+            else "(RSS of the server's process tree, its code and libraries included)."
+        ),
+        f"- Visits in this order: {', '.join(names)} (x{args.rounds}).",
+        f"- Mixed load on {', '.join(mixed)}: {args.workers} clients, {args.mixed_s:.0f} s, "
+        f"a random model per request: {ok} answered, {failed} failed.",
+    ]
+    for name, speed in speeds.items():
+        summary.append(
+            f"- {name} (gpu+offload): {speed:.1f} tokens/s, one stream, {args.offload_tokens} tokens."
+        )
+    table = "\n".join([*rows, "", *summary])
+    print(table)
+    for error in errors[:5]:
+        print("  error:", error)
+    if args.write_docs and args.docs_key:
+        start, end = f"<!-- swap:{args.docs_key}:start -->", f"<!-- swap:{args.docs_key}:end -->"
+        command = (
+            "python benchmarks/"
+            + " ".join(sys.argv[0:1]).split("benchmarks/")[-1]
+            + " "
+            + " ".join(a for a in sys.argv[1:] if a != "--write-docs")
+        )
+        write_docs(f"{start}\n`{command}`\n\n{table}\n{end}", start, end)
+
+
+def _gpu_name() -> str:
+    import pynvml
+
+    name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0))
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""What a model will need once loaded, before it is: weights, KV cache, activations, runtime.
+
+The weights come from the checkpoint's headers (:mod:`local_llm.placement.checkpoint`) at the dtype
+the engine will run them in; a chat model adds the KV cache it is configured with; an encoder adds
+the activations of its largest forward pass; every engine adds the runtime it brings (vLLM's engine
+process and CUDA context, the interpreter's buffers). The constants below were calibrated against
+what loading really took (``measured_bytes`` in /v1/models; docs/benchmarks.md has the runs).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from local_llm.config import Settings
+from local_llm.placement.checkpoint import CheckpointSummary, read_checkpoint, runtime_weight_bytes
+from local_llm.registry.classify import UnservableFolder
+from local_llm.registry.spec import ModelKind, ModelSpec, WeightFormat
+
+logger = logging.getLogger(__name__)
+
+MIB = 1024**2
+GIB = 1024**3
+
+# Runtime an engine brings beside its weights and caches.
+# vLLM on a GPU: its engine process's CUDA context, cuBLAS workspaces, CUDA graphs and the profiled
+# activation peak of a prefill chunk.
+_VLLM_GPU_RUNTIME_BYTES = 1536 * MIB
+# vLLM on a CPU: the engine-core process (interpreter, torch and vLLM with their libraries, activation
+# buffers): its RSS was 1.5 GiB for a 256 MiB KV cache and a tiny model (tests/test_swaps.py).
+_VLLM_CPU_RUNTIME_BYTES = 1280 * MIB
+# In-process torch engines: interpreter-side buffers, tokenizer; on a GPU, allocator slack.
+_IN_PROCESS_RUNTIME_BYTES = 128 * MIB
+# Activation bytes per token and hidden unit during an encoder forward (fp32, attention + MLP buffers).
+_ACTIVATION_FACTOR = 4 * 8
+# Without a readable attention shape, a chat model's KV cache is planned at this size.
+_FALLBACK_KV_BYTES = 1 * GIB
+
+_DTYPE_BYTES = {"float32": 4, "float": 4, "float16": 2, "half": 2, "bfloat16": 2}
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """A model's memory need on one device, by part (bytes)."""
+
+    weights_bytes: int
+    kv_cache_bytes: int = 0
+    activation_bytes: int = 0
+    runtime_bytes: int = 0
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.kv_cache_bytes + self.activation_bytes + self.runtime_bytes
+
+    def describe(self) -> str:
+        """``weights 942 MiB + KV cache 256 MiB + runtime 768 MiB``: what the log and errors show."""
+        parts = [
+            ("weights", self.weights_bytes),
+            ("KV cache", self.kv_cache_bytes),
+            ("activations", self.activation_bytes),
+            ("runtime", self.runtime_bytes),
+        ]
+        return " + ".join(f"{label} {mib(value)}" for label, value in parts if value)
+
+
+def mib(value: int) -> str:
+    return f"{value / MIB:,.0f} MiB"
+
+
+@dataclass(frozen=True)
+class ModelNeed:
+    """A model's need on each device, and whether it can be split between them: the planner's input."""
+
+    name: str
+    on_gpu: MemoryEstimate
+    on_cpu: MemoryEstimate
+    # Whether the engine can keep part of the weights in CPU RAM while computing on the GPU.
+    can_offload: bool
+    # What the checkpoint is (quantization, how it was read), for the reason the plan logs.
+    checkpoint: str
+
+
+def estimate_need(spec: ModelSpec, settings: Settings, engine: str) -> ModelNeed:
+    """The model's need on the GPU and on the CPU for the engine that will serve it.
+
+    ``engine`` is the chat engine's name (``vllm`` / ``transformers``) for chat models and ignored
+    for the others, which run in this process.
+    """
+    try:
+        checkpoint = read_checkpoint(spec)
+    except (UnservableFolder, OSError, ValueError) as exc:
+        logger.warning(
+            "%s: weights not readable from headers (%s); planning with the file size", spec.name, exc
+        )
+        checkpoint = _from_file_size(spec)
+    described = checkpoint.source + (f", {checkpoint.quantization}" if checkpoint.quantization else "")
+    if spec.kind is ModelKind.CHAT:
+        return ModelNeed(
+            spec.name,
+            on_gpu=_chat_estimate(spec, checkpoint, settings, engine, on_gpu=True),
+            on_cpu=_chat_estimate(spec, checkpoint, settings, engine, on_gpu=False),
+            can_offload=True,
+            checkpoint=described,
+        )
+    encoder = _encoder_estimate(checkpoint, settings)
+    # sentence-transformers places a whole model on one device; only the transformers LLM reranker
+    # loads through a device map that can split it.
+    can_offload = spec.rerank is not None and spec.rerank.scorer.value == "llm-yes-no"
+    return ModelNeed(spec.name, on_gpu=encoder, on_cpu=encoder, can_offload=can_offload, checkpoint=described)
+
+
+def _chat_estimate(
+    spec: ModelSpec, checkpoint: CheckpointSummary, settings: Settings, engine: str, *, on_gpu: bool
+) -> MemoryEstimate:
+    dtype_bytes = chat_dtype_bytes(
+        spec, checkpoint, settings.vllm_dtype if engine == "vllm" else "auto", on_gpu
+    )
+    weights = runtime_weight_bytes(checkpoint, dtype_bytes)
+    kv = kv_cache_bytes(checkpoint, settings, dtype_bytes)
+    if engine == "vllm":
+        runtime = _VLLM_GPU_RUNTIME_BYTES if on_gpu else _VLLM_CPU_RUNTIME_BYTES
+    else:
+        # The transformers engine runs one generation at a time: one full-context sequence of cache.
+        kv = kv // max(settings.vllm_kv_cache_sequences, 1) if settings.vllm_kv_cache_gb is None else kv
+        runtime = _IN_PROCESS_RUNTIME_BYTES
+    return MemoryEstimate(weights_bytes=weights, kv_cache_bytes=kv, runtime_bytes=runtime)
+
+
+def chat_dtype_bytes(spec: ModelSpec, checkpoint: CheckpointSummary, dtype: str, on_gpu: bool) -> int | None:
+    """Bytes per float weight as the chat engine runs it; None keeps the stored size.
+
+    vLLM's ``auto`` runs float32 checkpoints in 16 bits on a GPU; on a CPU we keep the checkpoint's
+    own (see ``VllmChatEngine._dtype``). GGUF files are imported as float32.
+    """
+    if dtype in _DTYPE_BYTES:
+        return _DTYPE_BYTES[dtype]
+    stored = 4 if spec.weight_format is WeightFormat.GGUF else _stored_float_bytes(checkpoint)
+    if on_gpu:
+        return min(stored, 2)
+    return stored
+
+
+def _stored_float_bytes(checkpoint: CheckpointSummary) -> int:
+    if checkpoint.float_elements <= 0:
+        return 2
+    return max(1, round(checkpoint.float_bytes / checkpoint.float_elements))
+
+
+def kv_cache_bytes(checkpoint: CheckpointSummary, settings: Settings, dtype_bytes: int | None) -> int:
+    """LLM_VLLM_KV_CACHE_GB, else room for LLM_VLLM_KV_CACHE_SEQUENCES sequences of the full context."""
+    if settings.vllm_kv_cache_gb is not None:
+        return int(settings.vllm_kv_cache_gb * GIB)
+    per_token = checkpoint.kv_elements_per_token
+    context = context_length(checkpoint, settings)
+    if per_token is None or context is None:
+        return _FALLBACK_KV_BYTES
+    return per_token * (dtype_bytes or 2) * context * settings.vllm_kv_cache_sequences
+
+
+def context_length(checkpoint: CheckpointSummary, settings: Settings) -> int | None:
+    """The context a chat model is served with: its own, capped by LLM_VLLM_MAX_MODEL_LEN."""
+    own, cap = checkpoint.max_position_embeddings, settings.vllm_max_model_len
+    if own is None:
+        return cap
+    return min(own, cap) if cap is not None else own
+
+
+def _encoder_estimate(checkpoint: CheckpointSummary, settings: Settings) -> MemoryEstimate:
+    hidden = checkpoint.hidden_size or 1024
+    return MemoryEstimate(
+        weights_bytes=runtime_weight_bytes(checkpoint, None),
+        activation_bytes=settings.embedding_batch_tokens * hidden * _ACTIVATION_FACTOR,
+        runtime_bytes=_IN_PROCESS_RUNTIME_BYTES,
+    )
+
+
+def _from_file_size(spec: ModelSpec) -> CheckpointSummary:
+    return CheckpointSummary(
+        float_elements=spec.size_bytes // 4,
+        float_bytes=spec.size_bytes,
+        fixed_bytes=0,
+        quantization=spec.quantization,
+        kv_elements_per_token=None,
+        hidden_size=None,
+        max_position_embeddings=None,
+        source="file size",
+    )

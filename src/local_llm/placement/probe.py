@@ -1,0 +1,147 @@
+"""What the machine has: GPU memory from NVML (torch as a fallback), RAM from psutil.
+
+"Used by us" counts this process and its children (vLLM runs each engine in a child process), so
+the ledger can be checked against reality and a freed model's memory is seen, not assumed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GpuSnapshot:
+    name: str
+    total_bytes: int
+    free_bytes: int
+    # Memory our process tree holds on this GPU; None where the driver does not tell (torch fallback).
+    used_by_us_bytes: int | None
+    source: str
+
+
+@dataclass(frozen=True)
+class DeviceSnapshot:
+    ram_total_bytes: int
+    ram_available_bytes: int
+    # Resident memory of this process and its children.
+    ram_used_by_us_bytes: int
+    gpu: GpuSnapshot | None
+
+
+def our_process_ids() -> set[int]:
+    me = psutil.Process(os.getpid())
+    ids = {me.pid}
+    with contextlib.suppress(psutil.Error):
+        ids.update(child.pid for child in me.children(recursive=True))
+    return ids
+
+
+def processes_rss(pids: set[int]) -> int:
+    """Resident bytes of the processes ``pids`` (those that have ended count nothing)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            total += psutil.Process(pid).memory_info().rss
+    return total
+
+
+def process_gpu_bytes(pids: set[int]) -> int | None:
+    """GPU memory the processes ``pids`` hold (NVML); None where NVML cannot tell."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:
+        return None
+    try:
+        handle = pynvml.nvmlDeviceGetHandleByIndex(_visible_device_index())
+        return sum(int(p.usedGpuMemory or 0) for p in _compute_processes(pynvml, handle) if p.pid in pids)
+    except Exception:
+        return None
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def probe_devices() -> DeviceSnapshot:
+    memory = psutil.virtual_memory()
+    return DeviceSnapshot(
+        ram_total_bytes=int(memory.total),
+        ram_available_bytes=int(memory.available),
+        ram_used_by_us_bytes=processes_rss(our_process_ids()),
+        gpu=_probe_gpu(),
+    )
+
+
+def _probe_gpu() -> GpuSnapshot | None:
+    try:
+        return _probe_nvml()
+    except Exception as exc:  # no driver, no GPU, or no nvidia-ml-py: try torch
+        logger.debug("NVML unavailable (%s); asking torch", exc)
+    try:
+        return _probe_torch()
+    except Exception as exc:  # a broken CUDA install must not stop CPU serving
+        logger.warning("GPU probe failed, planning for CPU only: %s", exc)
+        return None
+
+
+def _probe_nvml() -> GpuSnapshot | None:
+    import pynvml
+
+    pynvml.nvmlInit()
+    try:
+        if pynvml.nvmlDeviceGetCount() == 0:
+            return None
+        handle = pynvml.nvmlDeviceGetHandleByIndex(_visible_device_index())
+        memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+        ours = our_process_ids()
+        used = sum(
+            int(process.usedGpuMemory or 0)
+            for process in _compute_processes(pynvml, handle)
+            if process.pid in ours
+        )
+        name = pynvml.nvmlDeviceGetName(handle)
+        return GpuSnapshot(
+            name=name.decode() if isinstance(name, bytes) else str(name),
+            total_bytes=int(memory.total),
+            free_bytes=int(memory.free),
+            used_by_us_bytes=used,
+            source="nvml",
+        )
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def _compute_processes(pynvml: Any, handle: Any) -> list[Any]:
+    try:
+        return list(pynvml.nvmlDeviceGetComputeRunningProcesses(handle))
+    except pynvml.NVMLError:
+        return []
+
+
+def _visible_device_index() -> int:
+    """The physical index of the first GPU CUDA_VISIBLE_DEVICES shows us (NVML ignores that variable)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+    return int(visible) if visible.isdigit() else 0
+
+
+def _probe_torch() -> GpuSnapshot | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    free, total = torch.cuda.mem_get_info()
+    return GpuSnapshot(
+        name=torch.cuda.get_device_name(),
+        total_bytes=int(total),
+        free_bytes=int(free),
+        used_by_us_bytes=None,
+        source="torch",
+    )

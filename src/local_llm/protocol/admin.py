@@ -1,0 +1,40 @@
+"""The operator's API (``/admin/...``): answers of load / unload / pin and the memory ledger."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from local_llm.protocol.models import ModelCard
+
+
+class UnloadResult(BaseModel):
+    # False when the model held no memory to give back (it was not loaded or parked).
+    unloaded: bool
+    model: ModelCard
+
+
+class DeviceMemory(BaseModel):
+    """One device's budget, what the ledger holds of it, and what the device itself reports."""
+
+    budget_bytes: int
+    reserved_bytes: int
+    total_bytes: int | None = None
+    free_bytes: int | None = None
+    used_by_server_bytes: int | None = None
+
+
+class HoldingReport(BaseModel):
+    model: str
+    stage: str
+    gpu_bytes: int
+    ram_bytes: int
+    in_flight: int
+    pinned: bool
+
+
+class MemoryReport(BaseModel):
+    ram: DeviceMemory
+    gpu: DeviceMemory | None = None
+    gpu_name: str | None = None
+    max_models: int | None = None
+    holdings: list[HoldingReport]
