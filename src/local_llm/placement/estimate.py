@@ -29,6 +29,9 @@ _VLLM_GPU_RUNTIME_BYTES = 1536 * MIB
 # vLLM on a CPU: the engine-core process (interpreter, torch and vLLM with their libraries, activation
 # buffers): its RSS was 1.5 GiB for a 256 MiB KV cache and a tiny model (tests/test_swaps.py).
 _VLLM_CPU_RUNTIME_BYTES = 1280 * MIB
+# ... and compiled (not eager), inductor's graphs and buffers on top: SmolLM2's engine RSS was 3.0 GiB
+# where the eager one's was 2.4 GiB (fresh clone, 2026-11-25).
+_VLLM_CPU_COMPILED_EXTRA_BYTES = 640 * MIB
 # In-process torch engines: interpreter-side buffers, tokenizer; on a GPU, allocator slack.
 _IN_PROCESS_RUNTIME_BYTES = 128 * MIB
 # Activation bytes per token and hidden unit during an encoder forward (fp32, attention + MLP buffers).
@@ -119,6 +122,8 @@ def _chat_estimate(
     kv = kv_cache_bytes(checkpoint, settings, dtype_bytes)
     if engine == "vllm":
         runtime = _VLLM_GPU_RUNTIME_BYTES if on_gpu else _VLLM_CPU_RUNTIME_BYTES
+        if not on_gpu and not settings.vllm_enforce_eager:
+            runtime += _VLLM_CPU_COMPILED_EXTRA_BYTES
     else:
         # The transformers engine runs one generation at a time: one full-context sequence of cache.
         kv = kv // max(settings.vllm_kv_cache_sequences, 1) if settings.vllm_kv_cache_gb is None else kv
