@@ -33,6 +33,10 @@ def configure_vllm_environment(settings: Settings) -> None:
         # 'finalize_loading'") and recompiles at every start; the older inductor cache reloads: SmolLM2's
         # second start took 34 s instead of 68 s.
         "VLLM_USE_AOT_COMPILE": "0",
+        # vLLM 0.26's V2 GPU model runner never installs the weight offloader, so cpu_offload_gb (our
+        # gpu+offload plans) kept every weight on the GPU: 17.1 GiB for a 7B-shaped model told to offload
+        # 10 GiB. The V1 runner offloads (6.5 GiB; docs/benchmarks.md). No effect on a CPU.
+        "VLLM_USE_V2_MODEL_RUNNER": "0",
         "VLLM_NO_USAGE_STATS": "1",
         "VLLM_DO_NOT_TRACK": "1",
         "HF_HUB_OFFLINE": "1",
