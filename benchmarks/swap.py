@@ -28,6 +28,8 @@ from typing import Any
 
 import httpx
 
+from local_llm.placement.probe import process_tree_rss
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import child_env, cpu_model, ram_gib, running_server, version, vllm_version, write_docs
 
@@ -54,14 +56,7 @@ class Sampler:
 
             handle = pynvml.nvmlDeviceGetHandleByIndex(0)
             return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
-        import psutil
-
-        root = psutil.Process(self.server_pid)
-        total = 0
-        for process in (root, *root.children(recursive=True)):
-            with contextlib.suppress(psutil.Error):
-                total += process.memory_info().rss
-        return total
+        return process_tree_rss(self.server_pid)
 
     def run(self) -> None:
         while not self._stop.wait(0.05):

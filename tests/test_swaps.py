@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import RunningServer, start_server, stop_server
+from local_llm.placement.probe import process_tree_rss
 
 MODELS = ("tiny-embed", "tiny-hub-embed", "nested-renamed")
 
@@ -49,18 +49,6 @@ def test_concurrent_requests_across_models_with_room_for_one(one_model_server: R
     assert "unloading" in one_model_server.log()
 
 
-def tree_rss(pid: int) -> int:
-    import psutil
-
-    root = psutil.Process(pid)
-    processes = [root, *root.children(recursive=True)]
-    total = 0
-    for process in processes:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            total += process.memory_info().rss
-    return total
-
-
 def wait_for(condition, timeout_s: float = 60) -> bool:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -77,16 +65,18 @@ def test_evicting_a_chat_model_gives_its_memory_back(one_model_server: RunningSe
         api + "/embeddings", json={"model": "tiny-embed", "input": "warm"}, timeout=120
     ).is_success
     assert wait_for(lambda: "engine libraries ready" in one_model_server.log())
-    before = tree_rss(one_model_server.process.pid)
+    before = process_tree_rss(one_model_server.process.pid)
 
     chat = {"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     assert httpx.post(api + "/chat/completions", json=chat, timeout=300).is_success
-    loaded = tree_rss(one_model_server.process.pid)
+    loaded = process_tree_rss(one_model_server.process.pid)
     assert loaded - before > 200 * 2**20, "a vLLM engine should hold hundreds of MiB"
 
     # Room for one model: asking for an embedder evicts the idle chat model.
     assert httpx.post(api + "/embeddings", json={"model": "tiny-embed", "input": "x"}, timeout=120).is_success
-    assert wait_for(lambda: tree_rss(one_model_server.process.pid) - before < 0.15 * (loaded - before))
+    assert wait_for(
+        lambda: process_tree_rss(one_model_server.process.pid) - before < 0.15 * (loaded - before)
+    )
 
 
 @pytest.fixture(scope="module")

@@ -25,9 +25,8 @@ from pydantic import ValidationError
 
 from local_llm import __version__
 from local_llm.config import Settings
-from local_llm.engines.factory import chat_engine_name
-from local_llm.placement import estimate_need
-from local_llm.registry import ModelKind, ModelRegistry
+from local_llm.engines.factory import estimate_for
+from local_llm.registry import ModelRegistry
 
 
 def _flag(field_name: str) -> str:
@@ -81,8 +80,7 @@ def cmd_models(settings: Settings) -> int:
     if registry.models:
         rows = [["NAME", "TYPE", "FORMAT", "SIZE", "NEEDS CPU", "NEEDS GPU", "ALIASES", "WHY", "PATH"]]
         for spec in registry.models:
-            engine = chat_engine_name(settings) if spec.kind is ModelKind.CHAT else "in-process"
-            need = estimate_need(spec, settings, spec.options.engine or engine)
+            need = estimate_for(spec, settings)
             weight_format = spec.weight_format.value + (
                 f" ({spec.quantization})" if spec.quantization else ""
             )

@@ -14,7 +14,7 @@ from local_llm.engines.chat.transformers_engine import TransformersChatEngine
 from local_llm.engines.chat.vllm_engine import VllmChatEngine
 from local_llm.engines.rerank import BiEncoderRerankEngine, CrossEncoderRerankEngine, LLMYesNoRerankEngine
 from local_llm.errors import EngineUnavailableError
-from local_llm.placement import Placement, PlacementPlan
+from local_llm.placement import ModelNeed, Placement, PlacementPlan, estimate_need
 from local_llm.registry.spec import ModelKind, ModelSpec, RerankScorer
 
 logger = logging.getLogger(__name__)
@@ -81,8 +81,7 @@ def create_engine(spec: ModelSpec, plan: PlacementPlan, settings: Settings) -> E
             max_queued=settings.max_queued_inputs,
         )
     if spec.kind is ModelKind.CHAT:
-        engine = spec.options.engine or chat_engine_name(settings)
-        if engine == "transformers":
+        if chat_engine_for(spec, settings) == "transformers":
             return TransformersChatEngine(spec, plan, settings)
         if importlib.util.find_spec("vllm") is None:
             raise EngineUnavailableError(
@@ -93,6 +92,17 @@ def create_engine(spec: ModelSpec, plan: PlacementPlan, settings: Settings) -> E
     raise EngineUnavailableError(
         f"Model '{spec.name}' is a {spec.kind.value} model; no engine serves those yet."
     )
+
+
+def chat_engine_for(spec: ModelSpec, settings: Settings) -> str:
+    """The engine serving chat model ``spec``: its models.yaml ``engine``, else LLM_CHAT_ENGINE's."""
+    return spec.options.engine or chat_engine_name(settings)
+
+
+def estimate_for(spec: ModelSpec, settings: Settings) -> ModelNeed:
+    """What ``spec`` will need, for the engine that will serve it (in-process for non-chat models)."""
+    engine = chat_engine_for(spec, settings) if spec.kind is ModelKind.CHAT else "in-process"
+    return estimate_need(spec, settings, engine)
 
 
 def chat_engine_name(settings: Settings) -> str:

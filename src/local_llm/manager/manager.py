@@ -33,7 +33,7 @@ from enum import Enum
 
 from local_llm.config import Settings
 from local_llm.engines.base import Engine
-from local_llm.engines.factory import chat_engine_name, create_engine
+from local_llm.engines.factory import create_engine, estimate_for
 from local_llm.errors import (
     InsufficientMemoryError,
     LocalLLMError,
@@ -59,7 +59,6 @@ from local_llm.placement import (
     PlacementPlan,
     PlacementRules,
     Room,
-    estimate_need,
     plan_placement,
     probe_devices,
 )
@@ -170,7 +169,7 @@ class ModelManager:
         self._settings = settings
         self._engine_factory = engine_factory
         self._probe = device_probe
-        self._estimator = need_estimator or self._estimate_need
+        self._estimator = need_estimator or (lambda spec: estimate_for(spec, settings))
         pinned = {registry.get(name).name for name in settings.pinned_models}
         self._slots = {
             spec.name: _Slot(spec, pinned=spec.options.pinned or spec.name in pinned)
@@ -639,10 +638,6 @@ class ModelManager:
         if slot.need is None:
             slot.need = self._estimator(slot.spec)
         return slot.need
-
-    def _estimate_need(self, spec: ModelSpec) -> ModelNeed:
-        engine = chat_engine_name(self._settings) if spec.kind is ModelKind.CHAT else "in-process"
-        return estimate_need(spec, self._settings, spec.options.engine or engine)
 
     def _spawn(self, coroutine: Coroutine[object, object, None]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)

@@ -36,11 +36,12 @@ class DeviceSnapshot:
     gpu: GpuSnapshot | None
 
 
-def our_process_ids() -> set[int]:
-    me = psutil.Process(os.getpid())
-    ids = {me.pid}
+def our_process_ids(pid: int | None = None) -> set[int]:
+    """``pid`` (default: this process) and all its children: vLLM engines run as child processes."""
+    root = psutil.Process(pid or os.getpid())
+    ids = {root.pid}
     with contextlib.suppress(psutil.Error):
-        ids.update(child.pid for child in me.children(recursive=True))
+        ids.update(child.pid for child in root.children(recursive=True))
     return ids
 
 
@@ -70,12 +71,17 @@ def process_gpu_bytes(pids: set[int]) -> int | None:
         pynvml.nvmlShutdown()
 
 
+def process_tree_rss(pid: int | None = None) -> int:
+    """Resident bytes of ``pid`` (default: this process) and all its children."""
+    return processes_rss(our_process_ids(pid))
+
+
 def probe_devices() -> DeviceSnapshot:
     memory = psutil.virtual_memory()
     return DeviceSnapshot(
         ram_total_bytes=int(memory.total),
         ram_available_bytes=int(memory.available),
-        ram_used_by_us_bytes=processes_rss(our_process_ids()),
+        ram_used_by_us_bytes=process_tree_rss(),
         gpu=_probe_gpu(),
     )
 
