@@ -28,6 +28,20 @@ DATA_DIR = Path(__file__).parent.parent / ".cache" / "test-data"
 CHAT_ARGS = ("--vllm-enforce-eager", "--vllm-kv-cache-gb", "0.25", "--vllm-max-model-len", "1024")
 
 
+TIERS = ("unit", "server", "soak")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test is in exactly one tier (pyproject.toml's markers): a test without one is refused."""
+    untiered = [
+        item.nodeid for item in items if sum(item.get_closest_marker(t) is not None for t in TIERS) != 1
+    ]
+    if untiered:
+        raise pytest.UsageError(
+            "tests without exactly one tier marker (unit, server, soak): " + ", ".join(untiered)
+        )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -59,7 +73,11 @@ class RunningServer:
 
 
 def start_server(
-    models_dir: Path, log_path: Path, *extra_args: str, env: dict[str, str] | None = None
+    models_dir: Path,
+    log_path: Path,
+    *extra_args: str,
+    env: dict[str, str] | None = None,
+    data_dir: Path = DATA_DIR,
 ) -> RunningServer:
     """``local-llm serve`` as a user runs it, on a free loopback port; waits for /health."""
     port = free_port()
@@ -75,7 +93,7 @@ def start_server(
             "--models-dir",
             str(models_dir),
             "--data-dir",
-            str(DATA_DIR),
+            str(data_dir),
             *CHAT_ARGS,
             *extra_args,
         ],

@@ -13,6 +13,8 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from local_llm.registry.discovery import BUNDLED_MODELS, bundled_model_path
 
 QWEN3_EMBEDDING_QUERY_PROMPT = (
@@ -144,6 +146,22 @@ def build_chat_model(dest: Path, tokenizer_source: Path, chat_template: bool = T
     return dest
 
 
+def mismatch_weights(file: Path) -> None:
+    """Replace the word embeddings with a tensor of the wrong shape: the file reads, the load fails."""
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(str(file))
+    key = next(k for k in tensors if "word_embeddings" in k)
+    tensors[key] = np.zeros((7, 3), dtype=np.float32)
+    save_file(tensors, str(file), metadata={"format": "pt"})
+
+
+def truncate_file(file: Path) -> None:
+    """Cut a file in half, as an interrupted download or a full disk leaves it."""
+    with file.open("r+b") as handle:
+        handle.truncate(file.stat().st_size // 2)
+
+
 def as_hf_cache(source: Path, cache_root: Path, repo_id: str) -> Path:
     """Lay ``source`` out as the HF hub cache does: blobs by hash, a snapshot of symlinks, refs/main."""
     entry = cache_root / ("models--" + repo_id.replace("/", "--"))
@@ -195,10 +213,16 @@ def build_zoo(root: Path, data_dir: Path) -> Path:
     build_chat_model(root / "tiny-chat", smollm2)
     shutil.copytree(root / "tiny-chat", root / "tiny-chat-hf")
     build_chat_model(root / "tiny-base", smollm2, chat_template=False)
+    untokenized = shutil.copytree(root / "tiny-chat", root / "no-tokenizer-chat")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json"):
+        (untokenized / name).unlink(missing_ok=True)
 
-    # A folder whose files are discoverable but whose weights are garbage: loading must fail cleanly.
+    # Weights that read well but do not fit the model's config: discovery serves it, loading fails.
     corrupt = shutil.copytree(embed, root / "corrupt-embed")
-    (corrupt / "model.safetensors").write_bytes(b"this is not a safetensors file" * 100)
+    mismatch_weights(corrupt / "model.safetensors")
+    # Damage discovery sees before any load: a truncated download, a chat folder without a tokenizer.
+    truncated = shutil.copytree(embed, root / "truncated-embed")
+    truncate_file(truncated / "model.safetensors")
 
     broken = root / "broken-config"
     broken.mkdir()

@@ -1,4 +1,4 @@
-"""The batching queue with plain functions as the model: gathering, limits, cancellation, back-pressure."""
+"""The batching queue with plain functions as the model: gathering, limits, cancellation, failures."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from local_llm.engines.batching import BatchQueue, plan_forward_passes
-from local_llm.errors import EngineUnavailableError, QueueFullError
+from local_llm.errors import EngineFailedError, EngineUnavailableError
+
+pytestmark = pytest.mark.unit
 
 
 class Recorder:
@@ -21,16 +23,24 @@ class Recorder:
         self.fail_on = fail_on
         self.pass_size = pass_size
         self.batches: list[list[int]] = []
+        # What each forward pass really computed (after leaving out abandoned inputs).
+        self.passes: list[list[int]] = []
         self.threads: set[str] = set()
 
-    def __call__(self, batch: list[int]) -> Iterator[list[tuple[int, int | Exception]]]:
+    def __call__(
+        self, batch: list[int], wanted: Callable[[int], bool]
+    ) -> Iterator[list[tuple[int, int | Exception]]]:
         self.batches.append(list(batch))
         for start in range(0, len(batch), self.pass_size):
+            forward = [i for i in range(start, min(start + self.pass_size, len(batch))) if wanted(i)]
+            if not forward:
+                continue
+            self.passes.append([batch[i] for i in forward])
             self.threads.add(threading.current_thread().name)
             time.sleep(self.delay)
             yield [
-                (i, ValueError(f"bad {x}") if x == self.fail_on else x * 2)
-                for i, x in enumerate(batch[start : start + self.pass_size], start)
+                (i, ValueError(f"bad {batch[i]}") if batch[i] == self.fail_on else batch[i] * 2)
+                for i in forward
             ]
 
 
@@ -39,7 +49,7 @@ def run(coro_factory: Callable[[], object]) -> object:
 
 
 def make_queue(model: Recorder, **limits: int) -> BatchQueue[int, int]:
-    options = {"max_batch_items": 8, "max_batch_cost": 10_000, "max_queued": 1000} | limits
+    options = {"max_batch_items": 8, "max_batch_cost": 10_000} | limits
     return BatchQueue("test", model, **options)
 
 
@@ -135,20 +145,39 @@ def test_cancelled_requests_never_reach_the_model() -> None:
     assert [666] not in model.batches
 
 
-def test_full_queue_answers_at_once() -> None:
-    model = Recorder(delay=0.2)
+def test_inputs_of_a_request_that_went_away_leave_a_gathered_batch_at_the_next_pass() -> None:
+    """A client gone mid-batch costs at most the forward pass under way, not the whole batch."""
+    model = Recorder(delay=0.1, pass_size=2)
 
     async def scenario() -> None:
-        queue = make_queue(model, max_batch_items=1, max_queued=3)
+        queue = make_queue(model, max_batch_items=64)
         queue.start()
-        running = asyncio.ensure_future(queue.submit([1], [1]))
-        await asyncio.sleep(0.05)
-        waiting = asyncio.ensure_future(queue.submit([2, 3], [1, 1]))
-        await asyncio.sleep(0)
-        with pytest.raises(QueueFullError) as caught:
-            await queue.submit([4, 5], [1, 1])
-        assert caught.value.retry_after_s
-        await asyncio.gather(running, waiting)
+        doomed = asyncio.ensure_future(queue.submit(list(range(100, 110)), [1] * 10))
+        await asyncio.sleep(0.05)  # the first pass of two is running
+        doomed.cancel()
+        assert await queue.submit([1], [1]) == [2]
+        await queue.stop()
+
+    run(scenario)
+    assert model.batches[0] == list(range(100, 110))  # gathered whole
+    assert model.passes[0] == [100, 101]  # the pass under way finished
+    assert [100, 102] not in model.passes
+    assert model.passes[1:] == [[1]]  # nothing of the abandoned request after it
+
+
+def test_an_engine_failure_fails_running_and_queued_work_at_once() -> None:
+    def dying(batch: list[int], wanted: Callable[[int], bool]) -> Iterator[list[tuple[int, int | Exception]]]:
+        time.sleep(0.1)
+        raise EngineFailedError("the engine died")
+        yield []
+
+    async def scenario() -> None:
+        queue: BatchQueue[int, int] = BatchQueue("dying", dying, max_batch_items=1, max_batch_cost=100)
+        queue.start()
+        outcomes = await asyncio.gather(*(queue.submit([i], [1]) for i in range(3)), return_exceptions=True)
+        assert all(isinstance(o, EngineFailedError) for o in outcomes), outcomes
+        with pytest.raises(EngineFailedError):
+            await queue.submit([9], [1])
         await queue.stop()
 
     run(scenario)
@@ -213,14 +242,12 @@ def test_each_pass_answers_its_requests_before_the_batch_ends() -> None:
 
 
 def test_a_batch_function_that_raises_fails_only_what_is_unanswered() -> None:
-    def flaky(batch: list[int]) -> Iterator[list[tuple[int, int | Exception]]]:
+    def flaky(batch: list[int], wanted: Callable[[int], bool]) -> Iterator[list[tuple[int, int | Exception]]]:
         yield [(0, batch[0])]
         raise RuntimeError("device lost")
 
     async def scenario() -> None:
-        queue: BatchQueue[int, int] = BatchQueue(
-            "flaky", flaky, max_batch_items=8, max_batch_cost=100, max_queued=10
-        )
+        queue: BatchQueue[int, int] = BatchQueue("flaky", flaky, max_batch_items=8, max_batch_cost=100)
         queue.start()
         first, second = await asyncio.gather(
             queue.submit([5], [1]), queue.submit([6], [1]), return_exceptions=True

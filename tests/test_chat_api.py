@@ -21,6 +21,8 @@ import pytest
 from conftest import RunningServer, assert_error
 from model_zoo import bundled_chat_gguf
 
+pytestmark = pytest.mark.server
+
 CHAT = "tiny-chat"
 SMOLLM2 = "SmolLM2-135M-Instruct"
 HELLO = [{"role": "user", "content": "Hello there, how are you?"}]

@@ -15,6 +15,8 @@ import pytest
 from conftest import RunningServer, assert_error
 from test_chat_api import HELLO, PERSON_SCHEMA, WEATHER_TOOL
 
+pytestmark = pytest.mark.server
+
 HF = "tiny-chat-hf"
 
 

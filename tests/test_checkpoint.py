@@ -17,6 +17,8 @@ from local_llm.placement.checkpoint import CheckpointSummary, read_checkpoint, r
 from local_llm.registry import ModelKind, ModelRegistry, ModelSpec, WeightFormat
 from local_llm.registry.discovery import BUNDLED_MODELS, bundled_model_path
 
+pytestmark = pytest.mark.unit
+
 LLAMA_CONFIG = {
     "architectures": ["LlamaForCausalLM"],
     "hidden_size": 64,
@@ -335,6 +337,7 @@ def test_specs_built_by_discovery(tmp_path: Path) -> None:
     chat.mkdir(parents=True)
     (chat / "config.json").write_text(json.dumps({**LLAMA_CONFIG, "num_key_value_heads": 4}))
     (chat / "chat_template.jinja").write_text("{{ messages }}")
+    (chat / "tokenizer.json").write_text("{}")
     save_file({"embed": np.zeros((100, 64), np.float32)}, str(chat / "model.safetensors"))
     minilm = bundled_model_path(BUNDLED_MODELS[0])
     if minilm is not None:  # a sentence-transformers folder: weights in its root, modules beside

@@ -11,6 +11,8 @@ import pytest
 from local_llm.cli import build_parser, settings_from_args
 from local_llm.config import Settings
 
+pytestmark = pytest.mark.unit
+
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     import os

@@ -6,12 +6,15 @@ import asyncio
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from local_llm.config import Settings
 from local_llm.engines.embedding import SentenceTransformersEmbeddingEngine
 from local_llm.engines.factory import create_engine
 from local_llm.placement import MemoryEstimate, Placement, PlacementPlan
 from local_llm.registry import ModelRegistry, ModelSpec
+
+pytestmark = pytest.mark.unit
 
 TEXTS = [
     ("short " * (i % 7 + 1)) + ("一段中文文本" * (i % 5)) + ("long tail words " * (i % 11)) for i in range(96)

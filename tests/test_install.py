@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.unit
+
 
 def test_vllm_is_importable() -> None:
     probe = (

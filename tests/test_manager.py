@@ -15,6 +15,8 @@ from local_llm.manager import ModelManager, ModelState
 from local_llm.placement import PlacementPlan
 from local_llm.registry import ModelRegistry, ModelSpec
 
+pytestmark = pytest.mark.unit
+
 
 class CountingFactory:
     """The real engine factory, counting how many engines it builds per model."""
@@ -48,7 +50,7 @@ def test_fifty_concurrent_first_requests_load_once(registry: ModelRegistry) -> N
 
         engines = await asyncio.gather(*(request() for _ in range(50)))
         assert factory.built == {"tiny-embed": 1}
-        assert manager.loads_started == 1
+        assert manager.scheduler.records["tiny-embed"].loads == 1
         assert len({id(e) for e in engines}) == 1
         status = manager.status("tiny-embed")
         assert status.state is ModelState.LOADED
@@ -122,17 +124,27 @@ def test_auto_unload_off_keeps_everything_and_refuses_what_does_not_fit(registry
     asyncio.run(scenario())
 
 
-def test_failed_load_is_reported_and_retried(registry: ModelRegistry) -> None:
+def test_failed_load_is_reported_with_its_cause_and_retried_after_a_backoff(registry: ModelRegistry) -> None:
     async def scenario() -> None:
-        manager, factory = manager_for(registry)
-        for attempt in (1, 2):
-            with pytest.raises(ModelLoadError, match="corrupt-embed"):
-                async with manager.lease("corrupt-embed"):
-                    pass
-            assert factory.built["corrupt-embed"] == attempt
-            status = manager.status("corrupt-embed")
-            assert status.state is ModelState.FAILED
-            assert status.error
+        manager, factory = manager_for(registry, load_retry_backoff_s=0.3)
+        with pytest.raises(ModelLoadError, match=r"corrupt-embed.*mismatched"):
+            async with manager.lease("corrupt-embed"):
+                pass
+        status = manager.status("corrupt-embed")
+        assert status.state is ModelState.FAILED
+        assert status.error
+        assert "RuntimeError" in status.error
+        # At once again: refused without a second load, saying when the next try is.
+        with pytest.raises(ModelLoadError, match="next try is allowed in 1s") as caught:
+            async with manager.lease("corrupt-embed"):
+                pass
+        assert caught.value.retry_after_s
+        assert factory.built["corrupt-embed"] == 1
+        await asyncio.sleep(0.35)
+        with pytest.raises(ModelLoadError):
+            async with manager.lease("corrupt-embed"):
+                pass
+        assert factory.built["corrupt-embed"] == 2
         # Other models are unaffected.
         async with manager.lease("tiny-embed"):
             pass

@@ -18,6 +18,8 @@ from local_llm.manager.policy import (
 )
 from local_llm.placement import MemoryEstimate, ModelNeed, Placement, PlacementRules, Room, plan_placement
 
+pytestmark = pytest.mark.unit
+
 G = 1024**3
 M = 1024**2
 

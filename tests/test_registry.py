@@ -13,6 +13,8 @@ from local_llm.registry import ModelKind, ModelRegistry, WeightFormat
 from local_llm.registry.classify import UnservableFolder, classify
 from local_llm.registry.overrides import check_served_name
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def registry(zoo: Path) -> ModelRegistry:

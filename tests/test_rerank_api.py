@@ -14,6 +14,8 @@ import pytest
 from conftest import RunningServer
 from test_embeddings_api import assert_error
 
+pytestmark = pytest.mark.server
+
 MINILM = "all-MiniLM-L6-v2"
 QUERY = "What is the capital of France?"
 DOCUMENTS = [

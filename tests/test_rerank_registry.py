@@ -12,6 +12,8 @@ from local_llm.errors import InvalidRequestError
 from local_llm.registry import ModelKind, ModelRegistry, RerankScorer
 from local_llm.server.serving.rerank import default_rerank_model
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def registry(zoo: Path) -> ModelRegistry:

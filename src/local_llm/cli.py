@@ -116,23 +116,30 @@ def cmd_models(settings: Settings) -> int:
 def cmd_serve(settings: Settings) -> int:
     import uvicorn
 
+    from local_llm.engines.stderr_tail import STDERR_TAIL
     from local_llm.server.app import create_app
+    from local_llm.server.graceful import GracefulServer
 
     # Weights are local files: never reach for a model hub at run time.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Engine processes inherit stderr: a failed start's cause is read back from it.
+    STDERR_TAIL.install()
     app = create_app(settings)
     logging.getLogger(__name__).info(
         "local-llm %s listening on http://%s:%d/v1", __version__, settings.host, settings.port
     )
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_config=None,
         access_log=settings.log_level == "debug",
-        timeout_graceful_shutdown=10,
+        # Our own drain ends every request by LLM_SHUTDOWN_GRACE_S (plus a few seconds for the last
+        # events to go out); uvicorn's limit is only a backstop behind it.
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 15,
     )
+    GracefulServer(app, config).run()
     return 0
 
 

@@ -35,6 +35,17 @@ class Settings(BaseSettings):
     max_inputs_per_request: int = Field(
         2048, ge=1, description="Most inputs (embedding strings or token lists) in one request."
     )
+    max_requests_per_model: int = Field(
+        512,
+        ge=1,
+        description="Requests one model takes at once, waiting and running; more get 429 + Retry-After.",
+    )
+    shutdown_grace_s: float = Field(
+        30.0,
+        ge=0,
+        description="On SIGTERM: how long requests in flight may go on; then each ends with an error (a "
+        "stream with a final error event) and the engines stop. New requests get 503 meanwhile.",
+    )
 
     # --- Models ------------------------------------------------------------------------------
     models_dir: Path | None = Field(
@@ -78,6 +89,12 @@ class Settings(BaseSettings):
         ge=1,
         description="Requests waiting for models to load, all models together; more get 503 + Retry-After.",
     )
+    load_retry_backoff_s: float = Field(
+        5.0,
+        ge=0,
+        description="After a model fails to load, requests for it are refused (503 with the cause) for this "
+        "long before the next try; it doubles with each failure in a row, up to 5 minutes.",
+    )
     model_idle_ttl_s: float | None = Field(
         None,
         ge=0,
@@ -103,8 +120,9 @@ class Settings(BaseSettings):
     available_ram_gb: float | None = Field(
         None,
         gt=0,
-        description="RAM the server's models may use, GiB: the budget without a GPU, and for parked and "
-        "offloaded weights with one; unset: what is available at start.",
+        description="RAM the server may use, GiB, its own footprint (measured) and its engines' processes "
+        "included: the budget without a GPU, and for parked and offloaded weights with one; unset: what "
+        "is available at start, less 1 GiB.",
     )
     enable_gpu_memory_offload: bool = Field(
         True,
@@ -128,7 +146,10 @@ class Settings(BaseSettings):
         16384, ge=1, description="Most tokens, once padded, in one forward pass of an embedding model."
     )
     max_queued_inputs: int = Field(
-        16384, ge=1, description="Inputs waiting per model before new requests get 503 + Retry-After."
+        16384,
+        ge=1,
+        description="Inputs (embedding texts, rerank documents) one model takes at once, waiting and "
+        "running; more get 429 + Retry-After.",
     )
 
     # --- Chat -------------------------------------------------------------------------------

@@ -1,7 +1,16 @@
-"""Errors any layer may raise, each carrying what the OpenAI error shape needs.
+"""Errors any layer may raise, each carrying what an API's error shape needs, and nothing of HTTP.
 
-Layers below the server know nothing of HTTP: an error says which :class:`ErrorCategory` it is in,
-and ``server/errors.py`` owns the one table that maps categories to status codes.
+Two families:
+
+* Errors raised at the edge (protocol validation, serving), which know the request's fields: an
+  :class:`InvalidRequestError` names its ``param``.
+* Errors raised by engines and the manager, which know models, inputs and options but never a
+  request's field names: an :class:`EngineRequestError` says which :class:`Subject` (the input, the
+  query, a document, the prompt) or which engine ``option`` it is about, and each service maps that
+  to its own field (a document is ``documents`` on Cohere's route and ``texts`` on TEI's).
+
+Every error says which :class:`ErrorCategory` it is in; ``server/errors.py`` owns the one table that
+maps categories to status codes.
 """
 
 from __future__ import annotations
@@ -28,20 +37,27 @@ class LocalLLMError(Exception):
     category: ErrorCategory = ErrorCategory.INTERNAL
     error_type: str = "server_error"
     code: str | None = None
+    param: str | None = None
 
-    def __init__(self, message: str, *, param: str | None = None, retry_after_s: float | None = None) -> None:
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.message = message
-        self.param = param
         self.retry_after_s = retry_after_s
 
 
+# --- the edge: errors that name a request field --------------------------------------------------
 class InvalidRequestError(LocalLLMError):
     """A field's value is wrong; ``param`` names the field."""
 
     category = ErrorCategory.INVALID_REQUEST
     error_type = "invalid_request_error"
-    code = "invalid_request_error"
+    code: str | None = "invalid_request_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+        if code is not None:
+            self.code = code
 
 
 class ContextLengthExceededError(InvalidRequestError):
@@ -67,10 +83,11 @@ class ModelNotFoundError(LocalLLMError):
     category = ErrorCategory.NOT_FOUND
     error_type = "invalid_request_error"
     code = "model_not_found"
+    param = "model"
 
     def __init__(self, name: str, served: Sequence[str]) -> None:
         listing = ", ".join(sorted(served)) or "none"
-        super().__init__(f"The model '{name}' does not exist. Served models: {listing}.", param="model")
+        super().__init__(f"The model '{name}' does not exist. Served models: {listing}.")
 
 
 class RequestTooLargeError(LocalLLMError):
@@ -80,15 +97,67 @@ class RequestTooLargeError(LocalLLMError):
 
 
 class QueueFullError(LocalLLMError):
-    """Back-pressure: the caller should retry after ``retry_after_s``."""
+    """Back-pressure, decided before any work: the caller should retry after ``retry_after_s``."""
 
     category = ErrorCategory.OVERLOADED
     error_type = "server_error"
     code = "queue_full"
 
 
+class ShuttingDownError(LocalLLMError):
+    """The server is stopping: new work is refused, and work past the grace period is ended."""
+
+    category = ErrorCategory.UNAVAILABLE
+    error_type = "server_error"
+    code = "shutting_down"
+
+
+# --- engines and the manager: errors about models, inputs and options -------------------------
+class Subject(str, Enum):
+    """What part of a request an engine's complaint is about; each service names it its own way."""
+
+    INPUT = "input"  # an embedding input
+    QUERY = "query"  # a rerank query
+    DOCUMENT = "document"  # a rerank document
+    PROMPT = "prompt"  # a chat's messages, or a completion's prompt
+
+
+class EngineRequestError(LocalLLMError):
+    """The request cannot be served by this model as asked: a 400, in the service's own field names.
+
+    ``subject`` is the part of the request at fault (``index`` its position, where there are
+    several); ``option`` the engine option it refuses, by the name the engine's interface gives it.
+    """
+
+    category = ErrorCategory.INVALID_REQUEST
+    error_type = "invalid_request_error"
+    code: str | None = "invalid_request_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        subject: Subject | None = None,
+        option: str | None = None,
+        index: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.subject = subject
+        self.option = option
+        self.index = index
+
+
+class InputTooLongError(EngineRequestError):
+    code = "context_length_exceeded"
+
+
+class UnsupportedOptionError(EngineRequestError):
+    code = "unsupported_option"
+
+
 class ModelLoadError(LocalLLMError):
-    """Loading failed (missing files, corrupt weights, ...). The next request retries the load."""
+    """Loading failed (missing files, corrupt weights, ...); ``retry_after_s`` is when the next try is
+    allowed (repeated failures back off)."""
 
     category = ErrorCategory.UNAVAILABLE
     error_type = "server_error"
@@ -108,7 +177,7 @@ class InsufficientMemoryError(LocalLLMError):
 
 
 class EngineUnavailableError(LocalLLMError):
-    """The model is known but no engine here can serve it (yet)."""
+    """The model is known but no engine here can serve it (yet), or it was unloaded under the request."""
 
     category = ErrorCategory.UNAVAILABLE
     error_type = "server_error"
@@ -121,6 +190,21 @@ class EngineError(LocalLLMError):
     category = ErrorCategory.UNAVAILABLE
     error_type = "server_error"
     code = "engine_error"
+
+
+class EngineFailedError(LocalLLMError):
+    """The model's engine died (its process was killed, ran out of memory, hit a CUDA error): every
+    request on it ends with this at once; the next request loads the model again."""
+
+    category = ErrorCategory.UNAVAILABLE
+    error_type = "server_error"
+    code = "engine_failed"
+
+
+class InternalError(LocalLLMError):
+    """Our own bug, answered in the API's shape; the log has the traceback."""
+
+    code = "internal_error"
 
 
 class ModelBusyError(LocalLLMError):

@@ -1,36 +1,57 @@
-"""The small interface every engine offers the manager."""
+"""The small interface every engine offers the manager, and what engines declare about themselves."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
+import logging
 from abc import ABC, abstractmethod
-from typing import Any
+from collections.abc import Callable
+from enum import Enum
+from typing import Any, ClassVar
 
-from local_llm.placement import Placement, PlacementPlan
+from local_llm.backends import import_backend
+from local_llm.errors import EngineFailedError
+from local_llm.placement import Footprint, Placement, PlacementPlan
 from local_llm.registry.spec import ModelSpec
 
-# transformers resolves its names lazily, and not thread-safely: two threads importing from it at once
-# can fail with "cannot import name ...". Background preloading and every engine's load import their
-# libraries under this lock.
-IMPORT_LOCK = threading.Lock()
+logger = logging.getLogger(__name__)
+
+
+class Capability(str, Enum):
+    """What a model can be asked to do; each engine class declares the ones it serves."""
+
+    CHAT = "chat"
+    COMPLETIONS = "completions"
+    EMBEDDINGS = "embeddings"
+    RERANK = "rerank"
+
+
+# Told once, with the cause, when an engine dies; may be called from any thread.
+DeathCallback = Callable[[str], None]
 
 
 class Engine(ABC):
     """A model the manager can load and unload.
 
-    The manager calls :meth:`start` once and :meth:`stop` once, never concurrently, and only stops
-    an engine no request holds. Engines know nothing of HTTP.
+    The manager calls :meth:`start` once and :meth:`stop` once, never concurrently, and only stops an
+    engine no request holds (or one that died). Engines know nothing of HTTP: they raise the domain
+    errors of :mod:`local_llm.errors`.
     """
 
     #: Shown in /v1/models as the engine serving the model.
-    backend: str = "unknown"
+    backend: ClassVar[str] = "unknown"
+    #: What this engine class serves: the serving layer resolves models by it.
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    #: Whether the model lives in the server's own process (False: in processes of its own).
+    in_process: ClassVar[bool] = True
 
     def __init__(self, spec: ModelSpec, plan: PlacementPlan) -> None:
         self.spec = spec
         self.plan = plan
-        #: What loading really took (weights and buffers), once started; checked against the estimate.
+        #: Bytes of the loaded tensors (in-process engines), once started.
         self.memory_bytes: int | None = None
+        self._on_death: DeathCallback | None = None
+        self._death: str | None = None
 
     @abstractmethod
     async def start(self) -> None:
@@ -40,16 +61,60 @@ class Engine(ABC):
     async def stop(self) -> None:
         """Release the model and its memory."""
 
-    # --- parking: optional; the manager parks only engines whose ``can_park`` is True -------------
-    @property
-    def can_park(self) -> bool:
-        """Whether :meth:`park` can move the weights to RAM and :meth:`wake` bring them back."""
-        return False
+    # --- death: an engine that cannot serve any more says so, once ------------------------------
+    def watch(self, on_death: DeathCallback) -> None:
+        """Called once the engine has started: ``on_death(cause)`` is called at most once, when the
+        engine dies (its process exits, or a fatal device error)."""
+        self._on_death = on_death
+
+    def unwatch(self) -> None:
+        """Before an intended stop: what follows is not a death."""
+        self._on_death = None
+
+    def died(self, cause: str) -> None:
+        """Record the engine's death and tell the watcher (first cause wins)."""
+        if self._death is not None:
+            return
+        self._death = cause
+        logger.error("the engine of %s died: %s", self.spec.name, cause)
+        if self._on_death is not None:
+            self._on_death(cause)
 
     @property
-    def parked_gpu_bytes(self) -> int:
-        """GPU memory the engine keeps while parked (vLLM: its engine process's CUDA context)."""
-        return 0
+    def death(self) -> str | None:
+        """Why the engine died, or None while it lives."""
+        return self._death
+
+    def check_alive(self) -> None:
+        """Refuse work on a dead engine at once."""
+        if self._death is not None:
+            raise EngineFailedError(
+                f"The engine of model '{self.spec.name}' died ({self._death}); the next request "
+                "loads it again.",
+                retry_after_s=1,
+            )
+
+    # --- memory ------------------------------------------------------------------------------------
+    @property
+    def process_ids(self) -> frozenset[int]:
+        """Processes of the engine's own (vLLM's engine core and workers); none for in-process ones."""
+        return frozenset()
+
+    def footprint(self) -> Footprint:
+        """What the engine holds now on each device (blocking; the effects call it off the loop).
+
+        In-process engines count their tensors; the effects add what the server's RSS grew by.
+        """
+        held = self.memory_bytes or 0
+        on_gpu = self.plan.placement is not Placement.CPU
+        offloaded = self.plan.offload_bytes if self.plan.placement is Placement.GPU_OFFLOAD else 0
+        return Footprint(gpu_bytes=held if on_gpu else 0, ram_bytes=offloaded if on_gpu else held)
+
+    # --- parking: optional ---------------------------------------------------------------------------
+    @property
+    def parked_footprint(self) -> Footprint | None:
+        """What the engine would hold parked; None when it cannot park (it is only ever unloaded)."""
+        return None
 
     async def park(self) -> None:
         """Move the weights to CPU RAM and free the GPU memory; called only when no request holds it."""
@@ -59,6 +124,7 @@ class Engine(ABC):
         """Bring parked weights back onto ``plan.device``."""
         raise NotImplementedError(f"{type(self).__name__} cannot park")
 
+    # --- what /v1/models shows -------------------------------------------------------------------
     @property
     def max_model_len(self) -> int | None:
         """Longest input (chat: prompt plus completion) in tokens, once started; None if unbounded."""
@@ -68,6 +134,19 @@ class Engine(ABC):
     def running_requests(self) -> int | None:
         """Requests being computed right now, where the backend can tell."""
         return None
+
+
+def fatal_cause(exc: BaseException) -> str | None:
+    """The cause, when ``exc`` leaves an in-process engine unable to serve (a CUDA error corrupts the
+    context for good); None for errors that fail one request only (out of memory included)."""
+    name = type(exc).__name__
+    if name == "OutOfMemoryError":
+        return None
+    text = str(exc)
+    markers = ("CUDA error", "device-side assert", "illegal memory access", "CUBLAS_STATUS", "cuDNN error")
+    if name == "AcceleratorError" or any(marker in text for marker in markers):
+        return f"{name}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+    return None
 
 
 def offload_options(plan: PlacementPlan) -> dict[str, Any]:
@@ -88,11 +167,14 @@ class TorchModuleParking:
     """
 
     plan: PlacementPlan
+    memory_bytes: int | None
     _model: Any
 
     @property
-    def can_park(self) -> bool:
-        return self.plan.placement is Placement.GPU
+    def parked_footprint(self) -> Footprint | None:
+        if self.plan.placement is not Placement.GPU:
+            return None
+        return Footprint(ram_bytes=self.memory_bytes or self.plan.estimate.weights_bytes)
 
     async def park(self) -> None:
         await asyncio.to_thread(self._move_module, "cpu")
@@ -101,8 +183,7 @@ class TorchModuleParking:
         await asyncio.to_thread(self._move_module, self.plan.device)
 
     def _move_module(self, device: str) -> None:
-        import torch
-
+        torch = import_backend("torch")
         self._model.to(device)
         if device == "cpu":
             torch.cuda.empty_cache()

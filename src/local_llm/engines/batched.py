@@ -18,8 +18,10 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from local_llm.engines.base import Engine, TorchModuleParking
+from local_llm.backends import import_backend
+from local_llm.engines.base import Engine, TorchModuleParking, fatal_cause
 from local_llm.engines.batching import BatchQueue, plan_forward_passes
+from local_llm.errors import EngineFailedError
 from local_llm.placement import PlacementPlan
 from local_llm.registry.spec import ModelSpec
 
@@ -49,14 +51,13 @@ class BatchedEngine(TorchModuleParking, Engine, Generic[P, R]):
         *,
         batch_size: int,
         batch_tokens: int,
-        max_queued: int,
     ) -> None:
         super().__init__(spec, plan)
         self._batch_size = batch_size
         self._batch_tokens = batch_tokens
-        self._max_queued = max_queued
         self._queue: BatchQueue[P, R] | None = None
         self._tokenizing_thread: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- what a backend provides ---------------------------------------------------------------
     @abstractmethod
@@ -82,6 +83,7 @@ class BatchedEngine(TorchModuleParking, Engine, Generic[P, R]):
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         started = time.perf_counter()
+        self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self._load)
         self._tokenizing_thread = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"tokenize-{self.spec.name}"
@@ -91,7 +93,6 @@ class BatchedEngine(TorchModuleParking, Engine, Generic[P, R]):
             self._run_batch,
             max_batch_items=self._batch_size * PASSES_PER_GATHER,
             max_batch_cost=self._batch_tokens * PASSES_PER_GATHER,
-            max_queued=self._max_queued,
         )
         self._queue.start()
         logger.info(
@@ -104,6 +105,7 @@ class BatchedEngine(TorchModuleParking, Engine, Generic[P, R]):
         )
 
     async def stop(self) -> None:
+        self.unwatch()
         if self._queue is not None:
             await self._queue.stop()
             self._queue = None
@@ -113,9 +115,7 @@ class BatchedEngine(TorchModuleParking, Engine, Generic[P, R]):
         self._release()
         gc.collect()
         if self.plan.device.startswith("cuda"):
-            import torch
-
-            torch.cuda.empty_cache()
+            import_backend("torch").cuda.empty_cache()
 
     # --- work ----------------------------------------------------------------------------------
     @property
@@ -130,14 +130,35 @@ class BatchedEngine(TorchModuleParking, Engine, Generic[P, R]):
 
     async def _submit(self, payloads: Sequence[P]) -> list[R]:
         """Queue ``payloads`` with concurrent requests' and wait for their results, in order."""
+        self.check_alive()
         return await self.queue.submit(payloads, [self._length(p) for p in payloads])
 
-    def _run_batch(self, batch: list[P]) -> Iterator[list[tuple[int, R]]]:
-        """On the queue's thread, a forward pass at a time, inputs of similar length together."""
+    def _run_batch(self, batch: list[P], wanted: Callable[[int], bool]) -> Iterator[list[tuple[int, R]]]:
+        """On the queue's thread, a forward pass at a time, inputs of similar length together; inputs
+        whose request has gone are left out of every pass not yet begun."""
         lengths = [self._length(p) for p in batch]
-        for forward in plan_forward_passes(lengths, self._batch_size, self._batch_tokens):
-            results = self._forward([batch[i] for i in forward])
+        for planned in plan_forward_passes(lengths, self._batch_size, self._batch_tokens):
+            forward = [i for i in planned if wanted(i)]
+            if not forward:
+                continue
+            try:
+                results = self._forward([batch[i] for i in forward])
+            except Exception as exc:
+                cause = fatal_cause(exc)
+                if cause is None:
+                    raise
+                self._loop_call(self.died, cause)
+                raise EngineFailedError(
+                    f"The engine of model '{self.spec.name}' failed ({cause}); the next request loads "
+                    "it again.",
+                    retry_after_s=1,
+                ) from exc
             yield list(zip(forward, results, strict=True))
+
+    def _loop_call(self, function: Callable[[str], None], argument: str) -> None:
+        """Run ``function(argument)`` on the event loop's thread (from the queue's thread)."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(function, argument)
 
 
 def module_bytes(module: Any, device: str | None = None) -> int:

@@ -6,6 +6,11 @@ runs the model on a dedicated thread so the event loop keeps serving, and resolv
 While one batch runs, the next one gathers, so under load batches fill up by themselves and a lone
 request is never held back waiting for company. How a gathered batch is cut into forward passes
 (sorted by length, so little compute goes to padding) is the engine's business, not the queue's.
+
+A request whose client left has its items abandoned: they leave the queue before they reach the
+model, and those already in a gathered batch are skipped from the next forward pass on, so the
+work of a client that has gone is at most the pass under way. How many inputs may wait is decided
+before the request is let in (the serving layer's permits), not here.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from local_llm.errors import EngineUnavailableError, QueueFullError
+from local_llm.errors import EngineFailedError, EngineUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -28,9 +33,12 @@ T = TypeVar("T")
 
 # A batch function yields results as it goes: (index into the batch, result) pairs, a chunk per
 # forward pass, so each request is answered as soon as its own inputs are done. An Exception as a
-# result fails only that item; an exception raised fails every item not yet answered.
+# result fails only that item; an exception raised fails every item not yet answered, and an
+# EngineFailedError (the engine died) also every item still queued. Before each forward pass it asks
+# ``wanted(index)`` and leaves out the inputs whose request has gone (it runs on the queue's thread;
+# the flag it reads is set on the event loop's).
 BatchResults = Iterable[Sequence[tuple[int, R | Exception]]]
-BatchFunction = Callable[[list[P]], BatchResults[R]]
+BatchFunction = Callable[[list[P], Callable[[int], bool]], BatchResults[R]]
 
 
 @dataclass
@@ -38,6 +46,8 @@ class _Item(Generic[P, R]):
     payload: P
     cost: int
     future: asyncio.Future[R]
+    # Set when the request went away: the item is dropped wherever it is, queue or gathered batch.
+    abandoned: bool = False
 
 
 @dataclass
@@ -71,19 +81,20 @@ class BatchQueue(Generic[P, R]):
         *,
         max_batch_items: int,
         max_batch_cost: int,
-        max_queued: int,
     ) -> None:
         self.name = name
         self._run_batch = run_batch
         self._max_items = max_batch_items
         self._max_cost = max_batch_cost
-        self._max_queued = max_queued
         self._pending: deque[_Item[P, R]] = deque()
         self._wakeup = asyncio.Event()
         self._running: list[_Item[P, R]] = []
         self._worker: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._failure: EngineFailedError | None = None
         self.stats = BatchStats()
+        # Inputs that were abandoned before their forward pass (client gone): tests and metrics.
+        self.abandoned = 0
 
     @property
     def queued(self) -> int:
@@ -112,16 +123,13 @@ class BatchQueue(Generic[P, R]):
     async def submit(self, payloads: Sequence[P], costs: Sequence[int]) -> list[R]:
         """Queue ``payloads`` and wait for their results, in order.
 
-        Raises :class:`QueueFullError` at once when the queue cannot take them all. If the caller is
-        cancelled (client gone), its items are dropped before they reach the model.
+        If the caller is cancelled (client gone), its items are abandoned: none of them reaches the
+        model after the forward pass under way.
         """
+        if self._failure is not None:
+            raise self._failure
         if self._worker is None:
             raise EngineUnavailableError(f"model {self.name} is not running")
-        if len(self._pending) + len(payloads) > self._max_queued:
-            raise QueueFullError(
-                f"Model '{self.name}' has {len(self._pending)} inputs queued; try again shortly.",
-                retry_after_s=1.0,
-            )
         loop = asyncio.get_running_loop()
         items = [
             _Item[P, R](p, max(1, c), loop.create_future()) for p, c in zip(payloads, costs, strict=True)
@@ -132,6 +140,9 @@ class BatchQueue(Generic[P, R]):
             return list(await asyncio.gather(*(item.future for item in items)))
         except BaseException:
             for item in items:
+                if not item.future.done():
+                    self.abandoned += 1
+                item.abandoned = True
                 item.future.cancel()
             raise
 
@@ -140,7 +151,7 @@ class BatchQueue(Generic[P, R]):
         total = 0
         while self._pending and len(batch) < self._max_items:
             item = self._pending[0]
-            if item.future.done():  # cancelled by a caller that went away
+            if item.abandoned or item.future.done():
                 self._pending.popleft()
                 continue
             if batch and total + item.cost > self._max_cost:
@@ -159,20 +170,36 @@ class BatchQueue(Generic[P, R]):
                 continue
             self.stats.record(len(batch))
             self._running = batch
+
+            def wanted(index: int, batch: list[_Item[P, R]] = batch) -> bool:
+                return not batch[index].abandoned
+
             try:
-                chunks = iter(self._run_batch([item.payload for item in batch]))
+                chunks = iter(self._run_batch([item.payload for item in batch], wanted))
                 while (chunk := await loop.run_in_executor(self._executor, _next_chunk, chunks)) is not None:
                     for index, result in chunk:
                         _resolve(batch[index].future, result)
+            except EngineFailedError as exc:
+                self._fail_everything(exc)
+                return
             except Exception as exc:
                 logger.exception("batch of %d for %s failed", len(batch), self.name)
                 for item in batch:
                     _resolve(item.future, exc)
             for item in batch:
+                if item.abandoned and not item.future.done():
+                    item.future.cancel()
                 _resolve(
                     item.future, RuntimeError(f"batch function gave no result for an input of {self.name}")
                 )
             self._running = []
+
+    def _fail_everything(self, failure: EngineFailedError) -> None:
+        """The engine died: every input, running or queued, fails with that, and no batch runs again."""
+        self._failure = failure
+        for item in (*self._running, *self._pending):
+            _resolve(item.future, failure)
+        self._running, self._pending = [], deque()
 
 
 def _next_chunk(chunks: Iterator[T]) -> T | None:

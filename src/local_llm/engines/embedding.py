@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from local_llm.engines.base import IMPORT_LOCK, Engine
+from local_llm.backends import IMPORT_LOCK, import_backend
+from local_llm.engines.base import Capability, Engine
 from local_llm.engines.batched import BatchedEngine, module_bytes, pad_rows
-from local_llm.errors import InvalidRequestError
+from local_llm.errors import EngineRequestError, Subject
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -85,6 +86,7 @@ class SentenceTransformersEmbeddingEngine(BatchedEngine[TokenIds, np.ndarray], E
     """
 
     backend = "sentence-transformers"
+    capabilities = frozenset({Capability.EMBEDDINGS})
 
     def __init__(self, spec: ModelSpec, plan: PlacementPlan, **batching: int) -> None:
         super().__init__(spec, plan, **batching)
@@ -172,7 +174,7 @@ class SentenceTransformersEmbeddingEngine(BatchedEngine[TokenIds, np.ndarray], E
     async def embed(self, inputs: Sequence[TokenIds]) -> np.ndarray:
         for index, ids in enumerate(inputs):
             if not ids:
-                raise InvalidRequestError(f"Input {index} has no tokens.", param="input")
+                raise EngineRequestError(f"Input {index} has no tokens.", subject=Subject.INPUT, index=index)
         return np.stack(await self._submit(inputs))
 
     def _length(self, payload: TokenIds) -> int:
@@ -180,8 +182,7 @@ class SentenceTransformersEmbeddingEngine(BatchedEngine[TokenIds, np.ndarray], E
 
     def _forward(self, payloads: list[TokenIds]) -> np.ndarray:
         """Pad (on the tokenizer's side), run every module of the model, and return float32 rows."""
-        import torch
-
+        torch = import_backend("torch")
         model = self.model
         input_ids, attention = pad_rows(payloads, self._pad_id, left=self._pad_left)
         features: dict[str, Any] = {

@@ -6,10 +6,13 @@ import importlib
 import importlib.util
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from typing import Any
 
+from local_llm.backends import import_backend
 from local_llm.config import Settings
-from local_llm.engines.base import IMPORT_LOCK, Engine
+from local_llm.engines.base import Capability, Engine
+from local_llm.engines.batched import BatchedEngine
 from local_llm.engines.chat.transformers_engine import TransformersChatEngine
 from local_llm.engines.chat.vllm_engine import VllmChatEngine
 from local_llm.engines.rerank import BiEncoderRerankEngine, CrossEncoderRerankEngine, LLMYesNoRerankEngine
@@ -28,7 +31,7 @@ _BACKEND_MODULES = {
 
 # The engine class per rerank scorer. An embedding model's engine is the bi-encoder one: it embeds
 # and reranks with a single loaded copy.
-_RERANK_ENGINES: dict[RerankScorer, Callable[..., Engine]] = {
+_RERANK_ENGINES: dict[RerankScorer, type[BatchedEngine[Any, Any]]] = {
     RerankScorer.CROSS_ENCODER: CrossEncoderRerankEngine,
     RerankScorer.LLM_YES_NO: LLMYesNoRerankEngine,
     RerankScorer.BI_ENCODER: BiEncoderRerankEngine,
@@ -41,8 +44,7 @@ def preload_backends(kinds: Iterable[ModelKind]) -> None:
     wanted = [m for kind in set(kinds) for m in _BACKEND_MODULES.get(kind, ())]
     modules = [m for m in dict.fromkeys(wanted) if importlib.util.find_spec(m.split(".")[0]) is not None]
     for module in modules:
-        with IMPORT_LOCK:
-            importlib.import_module(module)
+        import_backend(module)
     if modules:
         logger.info("engine libraries ready in %.1fs: %s", time.perf_counter() - started, ", ".join(modules))
 
@@ -65,32 +67,47 @@ def pass_tokens(scorer: RerankScorer, plan: PlacementPlan, settings: Settings) -
     return settings.embedding_batch_tokens
 
 
-def create_engine(spec: ModelSpec, plan: PlacementPlan, settings: Settings) -> Engine:
-    """A not-yet-started engine for ``spec``; raises :class:`EngineUnavailableError` for kinds not served."""
-    if spec.kind in (ModelKind.EMBEDDING, ModelKind.RERANKER):
-        # The registry gives every embedding and reranker model a scorer (embedders: bi-encoder).
-        scorer = spec.rerank.scorer if spec.rerank else RerankScorer.BI_ENCODER
-        logger.info(
-            "%s reranks as %s: %s", spec.name, scorer.value, spec.rerank.reason if spec.rerank else ""
-        )
-        return _RERANK_ENGINES[scorer](
-            spec,
-            plan,
-            batch_size=settings.embedding_batch_size or default_embedding_batch_size(plan),
-            batch_tokens=pass_tokens(scorer, plan, settings),
-            max_queued=settings.max_queued_inputs,
-        )
+def engine_class(spec: ModelSpec, settings: Settings) -> type[Engine]:
+    """The engine class that serves ``spec``: decided here alone, before anything is loaded."""
     if spec.kind is ModelKind.CHAT:
-        if chat_engine_for(spec, settings) == "transformers":
-            return TransformersChatEngine(spec, plan, settings)
+        return TransformersChatEngine if chat_engine_for(spec, settings) == "transformers" else VllmChatEngine
+    # The registry gives every embedding and reranker model a scorer (embedders: bi-encoder).
+    scorer = spec.rerank.scorer if spec.rerank else RerankScorer.BI_ENCODER
+    return _RERANK_ENGINES[scorer]
+
+
+def capabilities_of(spec: ModelSpec, settings: Settings) -> frozenset[Capability]:
+    """What ``spec`` can be asked to do: what its engine class serves, less chat for a model without a
+    chat template (it completes prompts only), and only rerank for a model served as a reranker (an
+    embedder the operator typed a reranker is not asked for embeddings)."""
+    capabilities = engine_class(spec, settings).capabilities
+    if spec.kind is ModelKind.CHAT and not spec.chat_template:
+        return capabilities - {Capability.CHAT}
+    if spec.kind is ModelKind.RERANKER:
+        return capabilities & {Capability.RERANK}
+    return capabilities
+
+
+def create_engine(spec: ModelSpec, plan: PlacementPlan, settings: Settings) -> Engine:
+    """A not-yet-started engine for ``spec``; raises :class:`EngineUnavailableError` for vLLM when it
+    is not installed."""
+    cls = engine_class(spec, settings)
+    if cls is VllmChatEngine:
         if importlib.util.find_spec("vllm") is None:
             raise EngineUnavailableError(
                 f"Model '{spec.name}' asks for the vLLM engine, which is not installed here; install vLLM "
                 "or set `engine: transformers` for it in models.yaml."
             )
         return VllmChatEngine(spec, plan, settings)
-    raise EngineUnavailableError(
-        f"Model '{spec.name}' is a {spec.kind.value} model; no engine serves those yet."
+    if cls is TransformersChatEngine:
+        return TransformersChatEngine(spec, plan, settings)
+    scorer = spec.rerank.scorer if spec.rerank else RerankScorer.BI_ENCODER
+    logger.info("%s reranks as %s: %s", spec.name, scorer.value, spec.rerank.reason if spec.rerank else "")
+    return _RERANK_ENGINES[scorer](
+        spec,
+        plan,
+        batch_size=settings.embedding_batch_size or default_embedding_batch_size(plan),
+        batch_tokens=pass_tokens(scorer, plan, settings),
     )
 
 

@@ -7,17 +7,21 @@ the scale and min in float16) is exact there, and bfloat16 rounds it. That round
 turn SmolLM2's greedy "The capital of France is Paris." into "L'Étoile, ..." under vLLM.
 The folder lands in ``LLM_DATA_DIR/imported`` under a name keyed on the file's size and mtime and
 the import format, is written to a temporary folder and renamed when complete (a crash never leaves
-half a model), and is reused by every later start.
+half a model), and is reused by every later start. One import of a file runs at a time, within this
+server (an asyncio lock) and across servers sharing the data dir (a lock file).
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import logging
 import shutil
 import time
 from pathlib import Path
+
+from local_llm.backends import IMPORT_LOCK
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +50,34 @@ async def ensure_imported(gguf_file: Path, data_dir: Path) -> Path:
     lock = _locks.setdefault(destination, asyncio.Lock())
     async with lock:
         if not is_imported(destination):
-            await asyncio.to_thread(import_gguf, gguf_file, destination)
+            await asyncio.to_thread(_import_once, gguf_file, destination)
     return destination
+
+
+def _import_once(gguf_file: Path, destination: Path) -> None:
+    """Import unless another process sharing the data dir did while this one waited for its lock."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with destination.with_name(destination.name + ".lock").open("w") as lock_file:
+        if not _try_lock(lock_file):
+            logger.info("waiting for another server to finish importing %s", gguf_file.name)
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+        if not is_imported(destination):
+            import_gguf(gguf_file, destination)
+
+
+def _try_lock(lock_file: object) -> bool:
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)  # type: ignore[arg-type]
+    except BlockingIOError:
+        return False
+    return True
 
 
 def import_gguf(gguf_file: Path, destination: Path) -> None:
     """Convert ``gguf_file`` into ``destination`` (blocking; tens of seconds for a small model)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    with IMPORT_LOCK:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     started = time.perf_counter()
     size_mb = gguf_file.stat().st_size / 1e6

@@ -22,14 +22,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from local_llm.engines.base import IMPORT_LOCK, Engine, offload_options
+from local_llm.backends import IMPORT_LOCK, import_backend
+from local_llm.engines.base import Capability, Engine, offload_options
 from local_llm.engines.batched import BatchedEngine, module_bytes, pad_rows
 from local_llm.engines.embedding import (
     SentenceTransformersEmbeddingEngine,
     TokenIds,
     load_sentence_transformers,
 )
-from local_llm.errors import ContextLengthExceededError, InvalidRequestError
+from local_llm.errors import InputTooLongError, Subject, UnsupportedOptionError
 from local_llm.registry.spec import RerankScorer
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ class RerankEngine(Engine):
     """What the rerank service needs from a model."""
 
     scorer: ClassVar[RerankScorer]
+    capabilities = frozenset({Capability.RERANK})
 
     @property
     @abstractmethod
@@ -77,7 +79,7 @@ class RerankEngine(Engine):
 
         ``instruction`` is the task description of instruction-following rerankers (their published
         default when None). With ``truncate`` inputs longer than :attr:`max_input_tokens` are cut
-        (the document's end goes first); without, they raise :class:`ContextLengthExceededError`.
+        (the document's end goes first); without, they raise :class:`InputTooLongError`.
         ``max_tokens_per_doc`` (Cohere's) first cuts each document to that many of its own tokens.
         """
 
@@ -97,15 +99,15 @@ def cut_documents(tokenizer: Any, documents: list[str], max_tokens: int | None) 
 
 
 def _refuse_over_long(lengths: Sequence[int], limit: int, model: str, what: str) -> None:
-    """400 ``context_length_exceeded`` naming the first document whose input is over ``limit`` tokens."""
+    """:class:`InputTooLongError` naming the first document whose input is over ``limit`` tokens."""
     too_long = [i for i, length in enumerate(lengths) if length > limit]
     if too_long:
         first = too_long[0]
-        raise ContextLengthExceededError(
+        raise InputTooLongError(
             f"Document {first} makes {what} of {lengths[first]} tokens, but model '{model}' reads at most "
-            f"{limit} ({len(too_long)} document(s) too long). Shorten them, or leave `truncate` at its "
-            "default (true) to cut them.",
-            param="documents",
+            f"{limit} ({len(too_long)} document(s) too long).",
+            subject=Subject.DOCUMENT,
+            index=first,
         )
 
 
@@ -208,8 +210,8 @@ class CrossEncoderRerankEngine(_PairRerankEngine):
         self, query: str, documents: list[str], instruction: str | None, truncate: bool
     ) -> list[PairTokens]:
         if instruction is not None:
-            raise InvalidRequestError(
-                f"Model '{self.spec.name}' is a cross-encoder and takes no instruction.", param="instruction"
+            raise UnsupportedOptionError(
+                f"Model '{self.spec.name}' is a cross-encoder and takes no instruction.", option="instruction"
             )
         # What CrossEncoder.predict asks of the tokenizer, less the padding (done per pass instead).
         limit = {"truncation": "longest_first", "max_length": self._max_length} if truncate else {}
@@ -221,8 +223,7 @@ class CrossEncoderRerankEngine(_PairRerankEngine):
         ]
 
     def _forward(self, payloads: list[PairTokens]) -> list[ScoredPair]:
-        import torch
-
+        torch = import_backend("torch")
         model = self._model
         input_ids, attention = pad_rows([p.ids for p in payloads], self._pad_id, left=self._pad_left)
         features: dict[str, Any] = {
@@ -370,8 +371,7 @@ class LLMYesNoRerankEngine(_PairRerankEngine):
         return [PairTokens([*self._prefix, *ids, *self._suffix]) for ids in encoded["input_ids"]]
 
     def _forward(self, payloads: list[PairTokens]) -> list[ScoredPair]:
-        import torch
-
+        torch = import_backend("torch")
         model = self._model
         input_ids, attention = pad_rows([p.ids for p in payloads], self._pad_id, left=True)
         positions = np.clip(attention.cumsum(axis=1) - 1, 0, None)
@@ -402,16 +402,17 @@ class BiEncoderRerankEngine(SentenceTransformersEmbeddingEngine, RerankEngine):
     """
 
     scorer = RerankScorer.BI_ENCODER
+    capabilities = frozenset({Capability.EMBEDDINGS, Capability.RERANK})
 
     def _query_prompt(self, instruction: str | None) -> str:
         prompts = self.model.prompts
         if instruction is None:
             return (prompts.get("query") or "") if "query" in prompts else self._prompt
         if not (prompts.get("query") or "").startswith("Instruct:"):
-            raise InvalidRequestError(
+            raise UnsupportedOptionError(
                 f"Model '{self.spec.name}' is an embedding model without an instruction prompt "
                 "(Instruct: ...\\nQuery:), so it takes no instruction.",
-                param="instruction",
+                option="instruction",
             )
         return INSTRUCT_QUERY_PROMPT.format(instruction=instruction)
 
@@ -439,10 +440,10 @@ class BiEncoderRerankEngine(SentenceTransformersEmbeddingEngine, RerankEngine):
         if not truncate:
             limit = self.max_input_tokens
             if len(query_ids) > limit:
-                raise ContextLengthExceededError(
+                raise InputTooLongError(
                     f"The query has {len(query_ids)} tokens, but model '{self.spec.name}' reads at most "
-                    f"{limit}. Shorten it, or leave `truncate` at its default (true) to cut it.",
-                    param="query",
+                    f"{limit}.",
+                    subject=Subject.QUERY,
                 )
             _refuse_over_long([len(ids) for ids in document_ids], limit, self.spec.name, "a text")
         vectors = await self.embed([query_ids, *document_ids])

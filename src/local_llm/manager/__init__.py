@@ -1,5 +1,7 @@
-"""The owner of loaded engines and the pure policy it follows."""
+"""The one owner of model state (the scheduler), the effects that carry its decisions out, and the
+pure policy it decides by."""
 
-from local_llm.manager.manager import ModelManager, ModelState, ModelStatus
+from local_llm.manager.manager import LedgerView, ModelManager, ModelStatus
+from local_llm.manager.scheduler import ModelState
 
-__all__ = ["ModelManager", "ModelState", "ModelStatus"]
+__all__ = ["LedgerView", "ModelManager", "ModelState", "ModelStatus"]

@@ -17,8 +17,9 @@ from enum import Enum
 
 
 class Stage(str, Enum):
-    LOADING = "loading"
+    LOADING = "loading"  # admitted: its engine is coming up (a cold load, or a wake)
     LOADED = "loaded"
+    PARKING = "parking"  # on its way to RAM: holds what it will hold parked, and may not be chosen
     PARKED = "parked"
 
 
@@ -40,7 +41,7 @@ class Holding:
     @property
     def idle(self) -> bool:
         """Only idle, settled, unpinned models may go: a request in flight is never cut off."""
-        return self.in_flight == 0 and self.stage is not Stage.LOADING and not self.pinned
+        return self.in_flight == 0 and self.stage in (Stage.LOADED, Stage.PARKED) and not self.pinned
 
     @property
     def can_park(self) -> bool:
@@ -98,7 +99,7 @@ def used(holdings: Iterable[Holding]) -> tuple[int, int]:
 
 def _free(holdings: Sequence[Holding], budget: Budget) -> _Free:
     gpu, ram = used(holdings)
-    counted = sum(h.stage is not Stage.PARKED for h in holdings)
+    counted = sum(h.stage not in (Stage.PARKED, Stage.PARKING) for h in holdings)
     slots = budget.max_models - counted if budget.max_models is not None else len(holdings) + 1
     return _Free(gpu=(budget.gpu_bytes or 0) - gpu, ram=budget.ram_bytes - ram, slots=slots)
 
@@ -207,6 +208,18 @@ def expired(holdings: Sequence[Holding], ttl_s: dict[str, float | None], now: fl
             if h.idle and (ttl := ttl_s.get(h.name)) is not None and now - h.last_used >= ttl
         )
     )
+
+
+def over_budget(holdings: Sequence[Holding], budget: Budget, *, may_park: bool = True) -> Admission:
+    """Idle models to park or unload so the ledger is back within ``budget``.
+
+    The ledger adopts what engines really hold when that exceeds their estimate, and the server's own
+    footprint counts against the RAM budget, so the ledger can end up over budget without any new
+    admission; the least recently used idle models then give way as they would for a newcomer.
+    ``fits`` False: even with every idle model gone it is over (busy models will be evicted as they
+    go idle and another model needs room).
+    """
+    return admit(holdings, replace(budget, max_models=None), Need("", 0, 0), may_park=may_park)
 
 
 def within_budget(holdings: Sequence[Holding], budget: Budget) -> bool:

@@ -1,11 +1,12 @@
 """Memory estimates, the device probe and the placement plan."""
 
-from local_llm.placement.estimate import MemoryEstimate, ModelNeed, estimate_need
+from local_llm.placement.estimate import MemoryEstimate, ModelNeed, ServingFacts, estimate_need
 from local_llm.placement.plan import Placement, PlacementPlan, PlacementRules, Room, plan_placement
-from local_llm.placement.probe import DeviceSnapshot, GpuSnapshot, probe_devices
+from local_llm.placement.probe import DeviceSnapshot, Footprint, GpuSnapshot, probe_devices
 
 __all__ = [
     "DeviceSnapshot",
+    "Footprint",
     "GpuSnapshot",
     "MemoryEstimate",
     "ModelNeed",
@@ -13,6 +14,7 @@ __all__ = [
     "PlacementPlan",
     "PlacementRules",
     "Room",
+    "ServingFacts",
     "estimate_need",
     "plan_placement",
     "probe_devices",

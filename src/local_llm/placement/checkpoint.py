@@ -35,6 +35,8 @@ _DEFAULT_ELEMENT_BYTES = 4
 # The safetensors library refuses headers above 100 MB; a larger length means a corrupt file.
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
 _SAFETENSORS_INDEX = "model.safetensors.index.json"
+# Where a config states the longest sequence the model was trained for, in the order vLLM reads them.
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "max_sequence_length")
 # Where multimodal configs nest their language model's config; it wins over the top level.
 _TEXT_CONFIG_KEYS = ("text_config", "llm_config", "language_config")
 
@@ -59,6 +61,8 @@ class CheckpointSummary:
     max_position_embeddings: int | None
     # How it was read, for logs: "safetensors headers (2 files)", "GGUF tensor table", ...
     source: str
+    # config.json's model_type (the GGUF architecture), e.g. "qwen3": picks a reasoning parser.
+    model_type: str | None = None
 
 
 def runtime_weight_bytes(summary: CheckpointSummary, float_dtype_bytes: int | None) -> int:
@@ -147,6 +151,7 @@ def _read_cached(
         hidden_size=shape.hidden_size,
         max_position_embeddings=shape.max_position_embeddings,
         source=summary.source,
+        model_type=_model_type(config),
     )
 
 
@@ -159,6 +164,14 @@ def _read_config(folder: Path) -> dict[str, Any]:
     except UnservableFolder as exc:
         logger.debug("%s: config.json unreadable, attention shape unknown: %s", folder.name, exc)
         return {}
+
+
+def _model_type(config: dict[str, Any]) -> str | None:
+    for section in (*_text_configs(config), config):
+        value = section.get("model_type")
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 # --- weights --------------------------------------------------------------------------------------
@@ -288,7 +301,7 @@ def _flag(config: dict[str, Any], key: str) -> bool:
 
 def _attention_shape(config: dict[str, Any], is_chat: bool, name: str) -> _AttentionShape:
     hidden = _lookup(config, "hidden_size", "n_embd", "d_model")
-    max_positions = _lookup(config, "max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
+    max_positions = _lookup(config, *_CONTEXT_KEYS)
     kv = _kv_elements_per_token(config, hidden) if is_chat else None
     if is_chat and kv is None and config:
         logger.debug("%s: config.json gives no attention shape; KV cache size unknown", name)
@@ -345,6 +358,7 @@ def _from_gguf(layout: GGUFLayout) -> CheckpointSummary:
         hidden_size=layout.embedding_length,
         max_position_embeddings=layout.context_length,
         source=f"GGUF tensor table ({layout.tensor_count} tensors)",
+        model_type=layout.architecture,
     )
 
 

@@ -10,7 +10,7 @@ what loading really took (``measured_bytes`` in /v1/models; docs/benchmarks.md h
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from local_llm.config import Settings
 from local_llm.placement.checkpoint import CheckpointSummary, read_checkpoint, runtime_weight_bytes
@@ -71,6 +71,19 @@ def mib(value: int) -> str:
 
 
 @dataclass(frozen=True)
+class ServingFacts:
+    """What an engine is started with, decided once from the checkpoint and the settings; the estimate
+    is made for exactly these, and the plan hands them to the engine."""
+
+    # The context the model is served with (prompt plus completion); None: the engine's own reading.
+    context_tokens: int | None = None
+    # The dtype the engine runs the weights in: "auto" (the engine's choice) or a dtype name.
+    dtype: str = "auto"
+    # config.json's model_type (a GGUF's architecture).
+    model_type: str | None = None
+
+
+@dataclass(frozen=True)
 class ModelNeed:
     """A model's need on each device, and whether it can be split between them: the planner's input."""
 
@@ -81,6 +94,9 @@ class ModelNeed:
     can_offload: bool
     # What the checkpoint is (quantization, how it was read), for the reason the plan logs.
     checkpoint: str
+    # What the engine is started with on each device.
+    facts_on_gpu: ServingFacts = field(default_factory=ServingFacts)
+    facts_on_cpu: ServingFacts = field(default_factory=ServingFacts)
 
 
 def estimate_need(spec: ModelSpec, settings: Settings, engine: str) -> ModelNeed:
@@ -98,26 +114,48 @@ def estimate_need(spec: ModelSpec, settings: Settings, engine: str) -> ModelNeed
         checkpoint = _from_file_size(spec)
     described = checkpoint.source + (f", {checkpoint.quantization}" if checkpoint.quantization else "")
     if spec.kind is ModelKind.CHAT:
+        gpu_facts, cpu_facts = (
+            chat_serving_facts(spec, checkpoint, settings, engine, on_gpu=on_gpu) for on_gpu in (True, False)
+        )
         return ModelNeed(
             spec.name,
             on_gpu=_chat_estimate(spec, checkpoint, settings, engine, on_gpu=True),
             on_cpu=_chat_estimate(spec, checkpoint, settings, engine, on_gpu=False),
             can_offload=True,
             checkpoint=described,
+            facts_on_gpu=gpu_facts,
+            facts_on_cpu=cpu_facts,
         )
     encoder = _encoder_estimate(checkpoint, settings)
     # sentence-transformers places a whole model on one device; only the transformers LLM reranker
     # loads through a device map that can split it.
     can_offload = spec.rerank is not None and spec.rerank.scorer.value == "llm-yes-no"
-    return ModelNeed(spec.name, on_gpu=encoder, on_cpu=encoder, can_offload=can_offload, checkpoint=described)
+    facts = ServingFacts(model_type=checkpoint.model_type)
+    return ModelNeed(
+        spec.name,
+        on_gpu=encoder,
+        on_cpu=encoder,
+        can_offload=can_offload,
+        checkpoint=described,
+        facts_on_gpu=facts,
+        facts_on_cpu=facts,
+    )
+
+
+def chat_serving_facts(
+    spec: ModelSpec, checkpoint: CheckpointSummary, settings: Settings, engine: str, *, on_gpu: bool
+) -> ServingFacts:
+    """The context, dtype and family a chat engine is started with (and estimated for)."""
+    dtype, _ = served_dtype(spec, checkpoint, settings, engine, on_gpu=on_gpu)
+    return ServingFacts(
+        context_tokens=context_length(checkpoint, settings), dtype=dtype, model_type=checkpoint.model_type
+    )
 
 
 def _chat_estimate(
     spec: ModelSpec, checkpoint: CheckpointSummary, settings: Settings, engine: str, *, on_gpu: bool
 ) -> MemoryEstimate:
-    dtype_bytes = chat_dtype_bytes(
-        spec, checkpoint, settings.vllm_dtype if engine == "vllm" else "auto", on_gpu
-    )
+    _, dtype_bytes = served_dtype(spec, checkpoint, settings, engine, on_gpu=on_gpu)
     weights = runtime_weight_bytes(checkpoint, dtype_bytes)
     kv = kv_cache_bytes(checkpoint, settings, dtype_bytes)
     if engine == "vllm":
@@ -131,18 +169,27 @@ def _chat_estimate(
     return MemoryEstimate(weights_bytes=weights, kv_cache_bytes=kv, runtime_bytes=runtime)
 
 
-def chat_dtype_bytes(spec: ModelSpec, checkpoint: CheckpointSummary, dtype: str, on_gpu: bool) -> int | None:
-    """Bytes per float weight as the chat engine runs it; None keeps the stored size.
+def served_dtype(
+    spec: ModelSpec, checkpoint: CheckpointSummary, settings: Settings, engine: str, *, on_gpu: bool
+) -> tuple[str, int]:
+    """The dtype a chat engine runs the weights in (what it is told) and its bytes per float weight
+    (what the estimate counts): the one place this is decided.
 
-    vLLM's ``auto`` runs float32 checkpoints in 16 bits on a GPU; on a CPU we keep the checkpoint's
-    own (see ``VllmChatEngine._dtype``). GGUF files are imported as float32.
+    LLM_VLLM_DTYPE names it for vLLM. Its ``auto`` runs a float32 checkpoint in 16 bits on a GPU, which
+    halves the memory; on a CPU that saves nothing that matters and the rounding can change a small
+    model's answers (the imported SmolLM2 said "L'Étoile" instead of "Paris" in bfloat16), so there the
+    checkpoint's own dtype is kept. The transformers engine loads the checkpoint's own everywhere.
+    GGUF files are imported as float32.
     """
-    if dtype in _DTYPE_BYTES:
-        return _DTYPE_BYTES[dtype]
     stored = 4 if spec.weight_format is WeightFormat.GGUF else _stored_float_bytes(checkpoint)
+    if engine != "vllm":
+        return "auto", stored
+    setting = settings.vllm_dtype
+    if setting in _DTYPE_BYTES:
+        return setting, _DTYPE_BYTES[setting]
     if on_gpu:
-        return min(stored, 2)
-    return stored
+        return "auto", min(stored, 2)
+    return ("float32" if stored == 4 else "auto"), stored
 
 
 def _stored_float_bytes(checkpoint: CheckpointSummary) -> int:

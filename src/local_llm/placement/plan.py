@@ -7,11 +7,11 @@ manager's admission then evicts or waits until that room is free.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from local_llm.errors import InsufficientMemoryError
-from local_llm.placement.estimate import MemoryEstimate, ModelNeed, mib
+from local_llm.placement.estimate import MemoryEstimate, ModelNeed, ServingFacts, mib
 from local_llm.registry.spec import PlacementName
 
 
@@ -51,6 +51,8 @@ class PlacementPlan:
     reason: str
     # Weight bytes kept in CPU RAM and streamed to the GPU (vLLM cpu_offload_gb).
     offload_bytes: int = 0
+    # What the engine is started with there (context, dtype, family): what the estimate was made for.
+    facts: ServingFacts = field(default_factory=ServingFacts)
 
     @property
     def estimated_bytes(self) -> int:
@@ -76,11 +78,11 @@ def plan_placement(need: ModelNeed, room: Room, rules: PlacementRules) -> Placem
     fits = gpu.total_bytes <= gpu_room
     if rules.placement == "gpu" or (rules.placement is None and fits and not over_threshold):
         if fits:
-            return _on_gpu(gpu, f"fits the GPU budget of {mib(gpu_room)}")
+            return _on_gpu(need, f"fits the GPU budget of {mib(gpu_room)}")
         if rules.placement == "gpu":
             raise _refusal(need, room, "placement: gpu in models.yaml, and the GPU budget is too small")
     if rules.placement == "gpu+offload" and fits and not over_threshold:
-        return _on_gpu(gpu, "placement: gpu+offload in models.yaml, but it fits the GPU budget whole")
+        return _on_gpu(need, "placement: gpu+offload in models.yaml, but it fits the GPU budget whole")
     offload_allowed = rules.enable_offload or rules.placement == "gpu+offload"
     if need.can_offload and offload_allowed:
         above_threshold = gpu.weights_bytes - threshold if threshold is not None and over_threshold else 0
@@ -100,6 +102,7 @@ def plan_placement(need: ModelNeed, room: Room, rules: PlacementRules) -> Placem
                 offload_bytes=excess,
                 reason=f"needs {gpu.describe()} = {mib(gpu.total_bytes)}; {why}, so {mib(excess)} of "
                 "weights stay in CPU RAM",
+                facts=need.facts_on_gpu,
             )
     if rules.placement == "gpu+offload":
         raise _refusal(need, room, "placement: gpu+offload in models.yaml, and it cannot be split to fit")
@@ -114,10 +117,17 @@ def plan_placement(need: ModelNeed, room: Room, rules: PlacementRules) -> Placem
     return _on_cpu(need, room, why)
 
 
-def _on_gpu(estimate: MemoryEstimate, why: str) -> PlacementPlan:
+def _on_gpu(need: ModelNeed, why: str) -> PlacementPlan:
+    estimate = need.on_gpu
     reason = f"needs {estimate.describe()} = {mib(estimate.total_bytes)}; {why}"
     return PlacementPlan(
-        Placement.GPU, "cuda", estimate, gpu_bytes=estimate.total_bytes, ram_bytes=0, reason=reason
+        Placement.GPU,
+        "cuda",
+        estimate,
+        gpu_bytes=estimate.total_bytes,
+        ram_bytes=0,
+        reason=reason,
+        facts=need.facts_on_gpu,
     )
 
 
@@ -133,6 +143,7 @@ def _on_cpu(need: ModelNeed, room: Room, why: str) -> PlacementPlan:
         ram_bytes=cpu.total_bytes,
         reason=f"needs {cpu.describe()} = {mib(cpu.total_bytes)}; {why}; fits the RAM budget of "
         f"{mib(room.ram_bytes)}",
+        facts=need.facts_on_cpu,
     )
 
 

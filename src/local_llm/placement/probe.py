@@ -14,7 +14,23 @@ from typing import Any
 
 import psutil
 
+from local_llm.backends import import_backend
+
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Bytes on each device: what a model holds (as measured), or would hold parked."""
+
+    gpu_bytes: int = 0
+    ram_bytes: int = 0
+
+    def at_least(self, other: Footprint | None) -> Footprint:
+        """Each device's larger figure of the two."""
+        if other is None:
+            return self
+        return Footprint(max(self.gpu_bytes, other.gpu_bytes), max(self.ram_bytes, other.ram_bytes))
 
 
 @dataclass(frozen=True)
@@ -139,8 +155,7 @@ def _visible_device_index() -> int:
 
 
 def _probe_torch() -> GpuSnapshot | None:
-    import torch
-
+    torch = import_backend("torch")
     if not torch.cuda.is_available():
         return None
     free, total = torch.cuda.mem_get_info()

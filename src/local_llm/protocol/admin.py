@@ -33,6 +33,9 @@ class HoldingReport(BaseModel):
 
 
 class MemoryReport(BaseModel):
+    # RAM the server itself holds beyond its models (measured): it counts against the RAM budget.
+    server_overhead_bytes: int = 0
+    # The RAM budget here is what models may hold: the operator's (or the machine's) less that overhead.
     ram: DeviceMemory
     gpu: DeviceMemory | None = None
     gpu_name: str | None = None

@@ -6,6 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from local_llm.manager.scheduler import ModelState
+from local_llm.registry.spec import ModelKind
+
 
 class MemoryParts(BaseModel):
     """A memory estimate by part, in bytes."""
@@ -23,8 +26,8 @@ class ModelCard(BaseModel):
     created: int
     owned_by: str = "local-llm"
     # Extensions: what the model is and what state it is in.
-    type: Literal["chat", "embedding", "reranker"]
-    state: Literal["available", "loading", "loaded", "parked", "failed"]
+    type: ModelKind
+    state: ModelState
     aliases: list[str]
     format: str
     quantization: str | None = None
@@ -54,7 +57,10 @@ class ModelCard(BaseModel):
     # Requests holding the model, and (where the engine tells) those it is computing right now.
     in_flight: int = 0
     running_requests: int | None = None
+    # Why the model is failed (a load that failed, or an engine that died), and, after failed loads,
+    # how many seconds until the next try is allowed (requests before then get 503 at once).
     error: str | None = None
+    retry_after_s: float | None = None
 
 
 class ModelList(BaseModel):

@@ -61,6 +61,56 @@ def find_weights(folder: Path) -> Weights:
     raise UnservableFolder("no weight files (*.safetensors, pytorch_model*.bin or *.gguf)")
 
 
+def verify_weights(folder: Path) -> None:
+    """Check that every safetensors file's header reads and that the file holds all the tensor data the
+    header describes (a truncated download or a disk that filled up), as the safetensors library
+    itself checks before a load; raise :class:`UnservableFolder` with its verdict otherwise.
+
+    Headers only (the data is memory-mapped, never read): milliseconds for any model size.
+    """
+    from safetensors import safe_open
+
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), "np"):
+                pass
+        except Exception as exc:  # the library raises SafetensorError, OSError, ...
+            raise UnservableFolder(f"{file.name}: {type(exc).__name__}: {exc}") from exc
+    for file in sorted(folder.glob("pytorch_model*.bin")):
+        if file.stat().st_size == 0:
+            raise UnservableFolder(f"{file.name} is empty")
+
+
+# Files a tokenizer is saved as: fast (tokenizers), SentencePiece, BPE, WordPiece, tiktoken.
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "vocab.json",
+    "vocab.txt",
+    "*.tiktoken",
+)
+
+
+def check_tokenizer(folder: Path) -> None:
+    """Raise :class:`UnservableFolder` unless the folder has a tokenizer its model can be loaded with
+    (its own files, or one defined by remote code, which models.yaml must then allow)."""
+    if any(next(folder.glob(pattern), None) is not None for pattern in _TOKENIZER_FILES):
+        return
+    config = folder / "tokenizer_config.json"
+    if config.is_file():
+        try:
+            if "auto_map" in read_json(config):
+                return
+        except UnservableFolder:
+            pass
+    raise UnservableFolder(
+        "no tokenizer (tokenizer.json, tokenizer.model, vocab.json, vocab.txt, ...): copy the "
+        "tokenizer files of the model into the folder"
+    )
+
+
 def read_chat_template(folder: Path) -> str | None:
     """The model's chat template (``chat_template.jinja`` or tokenizer_config.json), if it has one."""
     jinja = folder / "chat_template.jinja"

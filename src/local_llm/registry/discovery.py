@@ -14,12 +14,14 @@ from pathlib import Path
 
 from local_llm.registry.classify import (
     UnservableFolder,
+    check_tokenizer,
     classify,
     find_weights,
     has_chat_template,
     quantization_of,
     read_json,
     rerank_scoring,
+    verify_weights,
 )
 from local_llm.registry.gguf import classify_gguf, read_gguf_summary
 from local_llm.registry.overrides import (
@@ -166,17 +168,9 @@ def inspect_candidate(candidate: Candidate, override: ModelOverride | None) -> M
     folder = candidate.folder
     name = override.name if override and override.name else check_served_name(candidate.name)
     aliases = tuple(dict.fromkeys((*candidate.aliases, *(override.aliases if override else ()))))
-    options = ModelOptions(
-        trust_remote_code=bool(override and override.trust_remote_code),
-        matryoshka=bool(override and override.matryoshka) or _card_mentions_matryoshka(folder),
-        engine_options=dict(override.engine_options) if override else {},
-        engine=override.engine if override else None,
-        tool_call_parser=override.tool_call_parser if override else None,
-        reasoning_parser=override.reasoning_parser if override else None,
-        placement=override.placement if override else None,
-        pinned=bool(override and override.pinned),
-        idle_ttl_s=override.idle_ttl_s if override else None,
-    )
+    options = override.options() if override else ModelOptions()
+    if not options.matryoshka and _card_mentions_matryoshka(folder):
+        options = options.model_copy(update={"matryoshka": True})
     gguf_file = _gguf_file(folder)
     if gguf_file is not None:
         return _gguf_spec(gguf_file, name, aliases, candidate.source, options, override)
@@ -186,6 +180,9 @@ def inspect_candidate(candidate: Candidate, override: ModelOverride | None) -> M
     else:
         classification = classify(folder, name)
         kind, reason = classification.kind, classification.reason
+    # What would only fail at load time, found now: damaged weights, a missing tokenizer.
+    verify_weights(folder)
+    check_tokenizer(folder)
     scoring = rerank_scoring(folder, kind)
     if override and override.scorer is not None:
         kind, reason, scoring = _apply_scorer(override.scorer, override.type, kind, reason)

@@ -34,12 +34,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 
-from local_llm.registry.spec import ChatEngineName, ModelKind, PlacementName, RerankScorer
+from local_llm.registry.spec import ModelKind, ModelOptions, RerankScorer
 
 OVERRIDES_FILE = "models.yaml"
 # A served name is an identifier, never a path: no "..", no leading "/", no backslashes.
@@ -66,10 +65,10 @@ def check_served_name(name: str) -> str:
     return name
 
 
-class ModelOverride(BaseModel):
-    """One model's entry in models.yaml."""
+class ModelOverride(ModelOptions):
+    """One model's entry in models.yaml: the model's options, and how its folder is served."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(frozen=False, extra="forbid")
 
     enabled: bool = True
     name: str | None = None
@@ -77,15 +76,10 @@ class ModelOverride(BaseModel):
     # How rerank scores with this model; a scorer other than bi-encoder makes the model a reranker.
     scorer: RerankScorer | None = None
     aliases: list[str] = Field(default_factory=list)
-    trust_remote_code: bool = False
-    matryoshka: bool = False
-    engine_options: dict[str, Any] = Field(default_factory=dict)
-    engine: ChatEngineName | None = None
-    tool_call_parser: str | None = None
-    reasoning_parser: str | None = None
-    placement: PlacementName | None = None
-    pinned: bool = False
-    idle_ttl_s: float | None = Field(None, ge=0)
+
+    def options(self) -> ModelOptions:
+        """The entry's model options alone."""
+        return ModelOptions.model_validate(self.model_dump(include=set(ModelOptions.model_fields)))
 
     @field_validator("name")
     @classmethod

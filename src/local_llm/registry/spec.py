@@ -7,6 +7,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field
+
 #: Which engine serves a chat model; ``None`` follows LLM_CHAT_ENGINE.
 ChatEngineName = Literal["vllm", "transformers"]
 #: Where a model runs, when the operator decides instead of the planner (models.yaml ``placement``).
@@ -46,14 +48,16 @@ class WeightFormat(str, Enum):
     GGUF = "gguf"
 
 
-@dataclass(frozen=True)
-class ModelOptions:
-    """Per-model options, from models.yaml (defaults are the secure ones)."""
+class ModelOptions(BaseModel):
+    """Per-model options: declared here once, read from models.yaml (whose entries add how a folder
+    is named and classified, see ``registry/overrides.py``). Defaults are the secure ones."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     trust_remote_code: bool = False
     # Matryoshka-trained embedders may be truncated with `dimensions`; others are refused.
     matryoshka: bool = False
-    engine_options: dict[str, Any] = field(default_factory=dict)
+    engine_options: dict[str, Any] = Field(default_factory=dict)
     # Chat models: the engine, and vLLM's tool-call / reasoning parser names (detected when unset).
     engine: ChatEngineName | None = None
     tool_call_parser: str | None = None
@@ -61,7 +65,7 @@ class ModelOptions:
     # Lifecycle: where it runs (None: planned), never evicted, unloaded after this long idle.
     placement: PlacementName | None = None
     pinned: bool = False
-    idle_ttl_s: float | None = None
+    idle_ttl_s: float | None = Field(default=None, ge=0)
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,16 @@ from local_llm import __version__
 from local_llm.config import Settings
 from local_llm.engines.factory import preload_backends
 from local_llm.engines.gguf_import import ensure_imported
+from local_llm.engines.reaper import ProcessReaper
 from local_llm.engines.vllm_environment import configure_vllm_environment
 from local_llm.manager import ModelManager
 from local_llm.registry import ModelRegistry, WeightFormat
 from local_llm.server.auth import require_api_key
 from local_llm.server.errors import install_error_handlers
 from local_llm.server.middleware import BodySizeLimit
+from local_llm.server.openapi import install_openapi
 from local_llm.server.routers import admin, chat, embeddings, health, models, rerank
+from local_llm.server.serving.base import Admission
 from local_llm.server.serving.chat import ChatService
 from local_llm.server.serving.embeddings import EmbeddingsService
 from local_llm.server.serving.models import ModelsService
@@ -44,32 +47,31 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
     registry = registry or ModelRegistry.discover(settings.models_dir, settings.bundled_models)
     log_discovery(registry)
     configure_vllm_environment(settings)
-    manager = ModelManager(registry, settings)
+    manager = ModelManager(registry, settings, reaper=ProcessReaper())
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        admission = Admission(settings, manager)
+        app.state.admission = admission
+        app.state.embeddings = EmbeddingsService(manager, admission, settings)
+        app.state.chat = ChatService(manager, admission, settings)
+        app.state.rerank = RerankService(manager, admission, settings)
+        await manager.start()
         # While the server already answers: import heavy libraries and import GGUF files, so a
         # first request finds them ready (a request that comes sooner waits for the same work).
-        preparing = [
-            asyncio.create_task(asyncio.to_thread(preload_backends, (m.kind for m in registry.models))),
-            asyncio.create_task(import_gguf_models(registry, settings)),
-        ]
-        await manager.start()
+        preparing = asyncio.create_task(prepare(registry, settings, manager))
         yield
-        for task in preparing:
-            task.cancel()
-        await asyncio.gather(*preparing, return_exceptions=True)
+        preparing.cancel()
+        await asyncio.gather(preparing, return_exceptions=True)
         await manager.shutdown()
 
     app = FastAPI(title="local-llm-interface", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.manager = manager
-    app.state.embeddings = EmbeddingsService(manager, settings)
-    app.state.chat = ChatService(manager)
     app.state.models = ModelsService(manager)
-    app.state.rerank = RerankService(manager, settings)
 
     install_error_handlers(app)
+    install_openapi(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_body_bytes)
     authenticated = [Depends(require_api_key)]
     app.include_router(chat.router, dependencies=authenticated)
@@ -81,11 +83,14 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
     return app
 
 
-async def import_gguf_models(registry: ModelRegistry, settings: Settings) -> None:
-    """Import every GGUF model once (later starts find the folders ready); failures wait for a request."""
+async def prepare(registry: ModelRegistry, settings: Settings, manager: ModelManager) -> None:
+    """Import the engine libraries, then every GGUF model once (later starts find the folders ready;
+    failures wait for a request), then measure what the server itself holds with them imported."""
+    await asyncio.to_thread(preload_backends, (m.kind for m in registry.models))
     for spec in registry.models:
         if spec.weight_format is WeightFormat.GGUF:
             try:
                 await ensure_imported(spec.path, settings.data_dir)
             except Exception:
                 logger.exception("importing %s failed; a request for it will retry", spec.path)
+    await manager.measure_overhead()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -21,7 +22,7 @@ STATUS_BY_CATEGORY: dict[ErrorCategory, int] = {
     ErrorCategory.AUTHENTICATION: 401,
     ErrorCategory.NOT_FOUND: 404,
     ErrorCategory.TOO_LARGE: 413,
-    ErrorCategory.OVERLOADED: 503,
+    ErrorCategory.OVERLOADED: 429,
     ErrorCategory.UNAVAILABLE: 503,
     ErrorCategory.INSUFFICIENT_MEMORY: 507,
     ErrorCategory.CONFLICT: 409,
@@ -42,16 +43,24 @@ def error_response(
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
-def local_error_response(exc: LocalLLMError) -> JSONResponse:
-    headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))} if exc.retry_after_s else None
-    return error_response(
-        STATUS_BY_CATEGORY[exc.category],
-        exc.message,
-        exc.error_type,
-        param=exc.param,
-        code=exc.code,
-        headers=headers,
+def _error_body(exc: LocalLLMError) -> ErrorResponse:
+    return ErrorResponse(
+        error=ErrorDetail(message=exc.message, type=exc.error_type, param=exc.param, code=exc.code)
     )
+
+
+def local_error_response(exc: LocalLLMError) -> JSONResponse:
+    headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))} if exc.retry_after_s else None
+    if exc.category is ErrorCategory.AUTHENTICATION:
+        headers = {**(headers or {}), "WWW-Authenticate": 'Bearer realm="local-llm"'}
+    status = STATUS_BY_CATEGORY[exc.category]
+    return JSONResponse(_error_body(exc).model_dump(), status_code=status, headers=headers)
+
+
+def openai_stream_error(exc: LocalLLMError) -> bytes:
+    """The server-sent event an OpenAI stream ends with when it fails after it began (before
+    ``data: [DONE]``): the same error object a failed request gets, as the OpenAI SDK reads it."""
+    return b"data: " + _error_body(exc).model_dump_json().encode() + b"\n\n"
 
 
 def _param_from_location(location: tuple[Any, ...]) -> str | None:

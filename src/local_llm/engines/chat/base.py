@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import AsyncIterator
 
-from local_llm.engines.base import Engine
+from local_llm.engines.base import Capability, Engine
 from local_llm.protocol.chat import ChatCompletionRequest, CompletionRequest
 
 # A finished answer (an OpenAI JSON body), or a stream of server-sent events ending with
@@ -15,6 +15,8 @@ ChatResult = bytes | AsyncIterator[bytes]
 
 class ChatEngine(Engine):
     """A causal LM serving OpenAI chat completions and legacy completions."""
+
+    capabilities = frozenset({Capability.CHAT, Capability.COMPLETIONS})
 
     @abstractmethod
     async def chat(self, request: ChatCompletionRequest) -> ChatResult:

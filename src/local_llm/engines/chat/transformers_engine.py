@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import threading
@@ -24,16 +25,22 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from local_llm.backends import IMPORT_LOCK, import_backend
 from local_llm.config import Settings
-from local_llm.engines.base import IMPORT_LOCK, TorchModuleParking, offload_options
+from local_llm.engines.base import TorchModuleParking, fatal_cause, offload_options
 from local_llm.engines.batched import module_bytes
 from local_llm.engines.chat.base import ChatEngine, ChatResult
 from local_llm.engines.chat.parsers import tool_call_parser
 from local_llm.engines.gguf_import import ensure_imported
-from local_llm.errors import ContextLengthExceededError, InvalidRequestError
+from local_llm.errors import (
+    EngineFailedError,
+    EngineRequestError,
+    InputTooLongError,
+    Subject,
+    UnsupportedOptionError,
+)
 from local_llm.placement import PlacementPlan
 from local_llm.protocol.chat import ChatCompletionRequest, CompletionRequest, NamedToolChoice
-from local_llm.registry.classify import read_json
 from local_llm.registry.spec import ModelSpec, WeightFormat
 
 if TYPE_CHECKING:
@@ -85,10 +92,12 @@ class TransformersChatEngine(TorchModuleParking, ChatEngine):
         self._turn = asyncio.Lock()
         self._generating = threading.Lock()
         self._running = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         started = time.perf_counter()
+        self._loop = asyncio.get_running_loop()
         folder = self.spec.path
         if self.spec.weight_format is WeightFormat.GGUF:
             folder = await ensure_imported(self.spec.path, self._settings.data_dir)
@@ -116,24 +125,18 @@ class TransformersChatEngine(TorchModuleParking, ChatEngine):
         if "device_map" not in options:
             model = model.to(self.plan.device)  # type: ignore[arg-type]
         self._model = model.eval()
-        config = read_json(folder / "config.json")
-        own = config.get("max_position_embeddings") or _DEFAULT_CONTEXT
-        cap = self._settings.vllm_max_model_len
-        self._context = min(int(own), cap) if cap else int(own)
+        self._context = self.plan.facts.context_tokens or _DEFAULT_CONTEXT
         self._tool_parser = tool_call_parser(self.spec, self._tokenizer.chat_template)
         self.memory_bytes = module_bytes(model, self.plan.device)
         torch.set_grad_enabled(False)
 
     async def stop(self) -> None:
+        self.unwatch()
         model, self._model = self._model, None
         del model
-        import gc
-
         gc.collect()
         if self.plan.device.startswith("cuda"):
-            import torch
-
-            torch.cuda.empty_cache()
+            import_backend("torch").cuda.empty_cache()
 
     @property
     def max_model_len(self) -> int:
@@ -145,6 +148,7 @@ class TransformersChatEngine(TorchModuleParking, ChatEngine):
 
     # --- chat ----------------------------------------------------------------------------------
     async def chat(self, request: ChatCompletionRequest) -> ChatResult:
+        self.check_alive()
         tools = [tool.model_dump(exclude_none=True) for tool in request.tools or ()]
         prompt = self._render(request, tools)
         choice = request.tool_choice
@@ -178,8 +182,8 @@ class TransformersChatEngine(TorchModuleParking, ChatEngine):
                 **(extra.get("chat_template_kwargs") or {}),
             )
         except Exception as exc:  # jinja raises what the template author chose; all mean a bad request
-            raise InvalidRequestError(
-                f"The chat template refused the messages: {exc}", param="messages"
+            raise EngineRequestError(
+                f"The chat template refused the messages: {exc}", subject=Subject.PROMPT
             ) from None
         return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
 
@@ -229,10 +233,11 @@ class TransformersChatEngine(TorchModuleParking, ChatEngine):
         if self._tool_parser is None:
             return None
         try:
-            from vllm.entrypoints.openai.chat_completion.protocol import (
-                ChatCompletionRequest as VllmChatRequest,
-            )
-            from vllm.tool_parsers import ToolParserManager
+            with IMPORT_LOCK:
+                from vllm.entrypoints.openai.chat_completion.protocol import (
+                    ChatCompletionRequest as VllmChatRequest,
+                )
+                from vllm.tool_parsers import ToolParserManager
         except ImportError:
             logger.warning("tool_choice auto on %s: vLLM's tool parsers are not installed", self.spec.name)
             return None
@@ -289,11 +294,14 @@ class TransformersChatEngine(TorchModuleParking, ChatEngine):
 
     # --- completions ---------------------------------------------------------------------------
     async def complete(self, request: CompletionRequest) -> ChatResult:
+        self.check_alive()
         if request.suffix is not None:
-            raise InvalidRequestError("suffix is not supported by the transformers engine", param="suffix")
+            raise UnsupportedOptionError(
+                "suffix is not supported by the transformers engine", option="suffix"
+            )
         if request.logprobs is not None:
-            raise InvalidRequestError(
-                "logprobs on /v1/completions is not supported by the transformers engine", param="logprobs"
+            raise UnsupportedOptionError(
+                "logprobs on completions is not supported by the transformers engine", option="logprobs"
             )
         prompts = self._prompts(request.prompt)
         choices: list[dict[str, Any]] = []
@@ -343,22 +351,22 @@ class TransformersChatEngine(TorchModuleParking, ChatEngine):
         self, request: ChatCompletionRequest | CompletionRequest, prompt_tokens: int, max_tokens: int | None
     ) -> Sampling:
         if prompt_tokens >= self._context:
-            raise ContextLengthExceededError(
+            raise InputTooLongError(
                 f"This model's maximum context length is {self._context} tokens; "
                 f"the prompt has {prompt_tokens}.",
-                param="messages" if isinstance(request, ChatCompletionRequest) else "prompt",
+                subject=Subject.PROMPT,
             )
         room = self._context - prompt_tokens
         if max_tokens is not None and max_tokens > room:
-            raise InvalidRequestError(
+            raise EngineRequestError(
                 f"max_tokens is {max_tokens}, but this model's maximum context length is {self._context} "
                 f"tokens and the prompt has {prompt_tokens}: at most {room} can be generated.",
-                param="max_tokens",
+                option="max_tokens",
             )
         for name in ("presence_penalty", "frequency_penalty"):
             if getattr(request, name):
-                raise InvalidRequestError(
-                    f"{name} is not supported by the transformers engine (vLLM supports it)", param=name
+                raise UnsupportedOptionError(
+                    f"{name} is not supported by the transformers engine (vLLM supports it)", option=name
                 )
         extra = request.model_extra or {}
         stop = request.stop
@@ -427,6 +435,17 @@ class TransformersChatEngine(TorchModuleParking, ChatEngine):
             self._running += 1
             try:
                 return self._generate_now(prompt, sampling, cancel, on_token)
+            except Exception as exc:
+                cause = fatal_cause(exc)
+                if cause is None:
+                    raise
+                assert self._loop is not None
+                self._loop.call_soon_threadsafe(self.died, cause)
+                raise EngineFailedError(
+                    f"The engine of model '{self.spec.name}' failed ({cause}); the next request loads "
+                    "it again.",
+                    retry_after_s=1,
+                ) from exc
             finally:
                 self._running -= 1
 
@@ -437,8 +456,9 @@ class TransformersChatEngine(TorchModuleParking, ChatEngine):
         cancel: threading.Event,
         on_token: Callable[[int | None], None] | None,
     ) -> list[Generated]:
-        import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        with IMPORT_LOCK:
+            import torch
+            from transformers import StoppingCriteria, StoppingCriteriaList
 
         class Cancelled(StoppingCriteria):
             def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
@@ -505,8 +525,7 @@ class TransformersChatEngine(TorchModuleParking, ChatEngine):
     def _logprobs(
         self, ids: list[int], logits: Sequence[Any], row: int, top: int | None
     ) -> list[dict[str, Any]]:
-        import torch
-
+        torch = import_backend("torch")
         entries = []
         for step, token in enumerate(ids):
             logprobs = torch.log_softmax(logits[step][row].float(), dim=-1)
@@ -527,12 +546,13 @@ class TransformersChatEngine(TorchModuleParking, ChatEngine):
 
     def _json_processor(self, schema: dict[str, Any]) -> Any:
         try:
-            import xgrammar as xgr
-            from xgrammar.contrib.hf import LogitsProcessor
+            with IMPORT_LOCK:
+                import xgrammar as xgr
+                from xgrammar.contrib.hf import LogitsProcessor
         except ImportError:
-            raise InvalidRequestError(
+            raise UnsupportedOptionError(
                 "Structured output on the transformers engine needs the xgrammar package.",
-                param="response_format",
+                option="response_format",
             ) from None
         info = xgr.TokenizerInfo.from_huggingface(self._tokenizer, vocab_size=self._model.config.vocab_size)
         try:
@@ -540,8 +560,8 @@ class TransformersChatEngine(TorchModuleParking, ChatEngine):
                 json.dumps(schema), any_whitespace=False, separators=(",", ":")
             )
         except Exception as exc:
-            raise InvalidRequestError(
-                f"The JSON schema cannot be used: {exc}", param="response_format"
+            raise EngineRequestError(
+                f"The JSON schema cannot be used: {exc}", option="response_format"
             ) from None
         return LogitsProcessor(compiled)
 
@@ -570,8 +590,8 @@ def _message_dict(message: dict[str, Any]) -> dict[str, Any]:
     content = message.get("content")
     if isinstance(content, list):
         if any(part.get("type") != "text" for part in content):
-            raise InvalidRequestError(
-                "Only text content parts are supported by this model.", param="messages"
+            raise EngineRequestError(
+                "Only text content parts are supported by this model.", subject=Subject.PROMPT
             )
         message["content"] = "".join(part["text"] for part in content)
     for call in message.get("tool_calls") or ():

@@ -12,7 +12,9 @@ ends vLLM's engine process so its memory comes back.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,16 +22,24 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from local_llm.backends import IMPORT_LOCK, import_backend
 from local_llm.config import Settings
-from local_llm.engines.base import IMPORT_LOCK
 from local_llm.engines.chat.base import ChatEngine, ChatResult
 from local_llm.engines.chat.parsers import FALLBACK_TOOL_PARSER, reasoning_parser, tool_call_parser
 from local_llm.engines.gguf_import import ensure_imported
-from local_llm.errors import ContextLengthExceededError, EngineError, InvalidRequestError
-from local_llm.placement import Placement, PlacementPlan, probe_devices
+from local_llm.engines.stderr_tail import STDERR_TAIL, root_cause
+from local_llm.errors import (
+    EngineError,
+    EngineFailedError,
+    EngineRequestError,
+    InputTooLongError,
+    ModelLoadError,
+    Subject,
+)
+from local_llm.placement import Footprint, Placement, PlacementPlan, probe_devices
 from local_llm.placement.probe import our_process_ids, process_gpu_bytes, processes_rss
 from local_llm.protocol.chat import ChatCompletionRequest, CompletionRequest
-from local_llm.registry.classify import read_chat_template, read_json
+from local_llm.registry.classify import read_chat_template
 from local_llm.registry.spec import ModelSpec, WeightFormat
 
 if TYPE_CHECKING:
@@ -43,10 +53,14 @@ logger = logging.getLogger(__name__)
 STRUCTURED_OUTPUTS_CONFIG = {"backend": "xgrammar", "disable_any_whitespace": True}
 # GPU memory a sleeping (parked) engine process keeps: its CUDA context and allocator pools.
 VLLM_PARKED_GPU_BYTES = 768 * 1024**2
+# vLLM engines start one at a time: they share the GPU's free memory (each checks it at start), and a
+# failed start's cause is read from the lines written to stderr while it ran.
+_STARTING = asyncio.Lock()
 
 
 class VllmChatEngine(ChatEngine):
     backend = "vllm"
+    in_process = False
 
     def __init__(self, spec: ModelSpec, plan: PlacementPlan, settings: Settings) -> None:
         super().__init__(spec, plan)
@@ -57,8 +71,10 @@ class VllmChatEngine(ChatEngine):
         self._chat_request_type: Any = None
         self._completion_request_type: Any = None
         self._tool_parser: str | None = None
-        # vLLM's engine-core process(es), whose memory is this model's (measured after loading).
-        self._engine_processes: set[int] = set()
+        # vLLM's engine-core process(es), whose memory is this model's.
+        self._engine_processes: frozenset[int] = frozenset()
+        # The file descriptors (process sentinels) the event loop watches for the engine's exit.
+        self._watched: list[int] = []
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -66,12 +82,19 @@ class VllmChatEngine(ChatEngine):
         folder = self.spec.path
         if self.spec.weight_format is WeightFormat.GGUF:
             folder = await ensure_imported(self.spec.path, self._settings.data_dir)
-        logger.info("starting vLLM for %s (%s)", self.spec.name, self._describe_args(folder))
-        children_before = our_process_ids()
-        self._engine = await asyncio.to_thread(self._create_engine, folder)
-        self._engine_processes = our_process_ids() - children_before
+        async with _STARTING:
+            logger.info("starting vLLM for %s (%s)", self.spec.name, self._describe_args(folder))
+            children_before = our_process_ids()
+            mark = STDERR_TAIL.mark()
+            try:
+                self._engine = await asyncio.to_thread(self._create_engine, folder)
+            except Exception as exc:
+                cause = root_cause(STDERR_TAIL.since(mark)) if STDERR_TAIL.installed else None
+                raise ModelLoadError(cause or f"{type(exc).__name__}: {exc}") from exc
+            finally:
+                self._engine_processes = frozenset(our_process_ids() - children_before)
         self._build_serving(folder)
-        self.memory_bytes = await asyncio.to_thread(self._measure)
+        self._watch_processes()
         logger.info(
             "chat model %s ready on vLLM in %.1fs: context %d tokens, tool parser %s",
             self.spec.name,
@@ -85,8 +108,8 @@ class VllmChatEngine(ChatEngine):
         args: dict[str, Any] = {
             "model": str(folder),
             "served_model_name": [self.spec.name],
-            "dtype": self._dtype(folder),
-            "max_model_len": self._max_model_len(folder),
+            "dtype": self.plan.facts.dtype,
+            "max_model_len": self.plan.facts.context_tokens,
             "enforce_eager": settings.vllm_enforce_eager,
             "trust_remote_code": self.spec.options.trust_remote_code,
             "tensor_parallel_size": settings.vllm_tensor_parallel_size,
@@ -129,13 +152,16 @@ class VllmChatEngine(ChatEngine):
             raise EngineError("the plan puts this model on a GPU, but no GPU is visible now")
         return snapshot.total_bytes
 
-    def _measure(self) -> int | None:
-        """What vLLM's engine process really holds: GPU memory (NVML) on a GPU, else its RSS."""
-        if self.plan.on_gpu:
-            gpu = process_gpu_bytes(self._engine_processes)
-            if gpu is not None:
-                return gpu
-        return processes_rss(self._engine_processes) or None
+    @property
+    def process_ids(self) -> frozenset[int]:
+        return self._engine_processes
+
+    def footprint(self) -> Footprint:
+        """What vLLM's engine processes hold: their RSS, and on a GPU their memory there (NVML)."""
+        gpu = process_gpu_bytes(set(self._engine_processes)) if self.plan.on_gpu else None
+        ram = processes_rss(set(self._engine_processes))
+        self.memory_bytes = gpu if gpu is not None else ram
+        return Footprint(gpu_bytes=gpu or 0, ram_bytes=ram)
 
     def _create_engine(self, folder: Path) -> AsyncLLM:
         with IMPORT_LOCK:
@@ -144,20 +170,82 @@ class VllmChatEngine(ChatEngine):
 
         return AsyncLLM.from_engine_args(AsyncEngineArgs(**self._engine_args(folder)))
 
-    def _build_serving(self, folder: Path) -> None:
-        from vllm.entrypoints.openai.chat_completion.protocol import (
-            ChatCompletionRequest as VllmChatRequest,
+    # --- death: the engine process's exit, seen by the event loop as it happens --------------------
+    def _watch_processes(self) -> None:
+        """Watch each engine-core process's sentinel (readable once it has exited) on the event loop."""
+        loop = asyncio.get_running_loop()
+        for process in self._engine_core_processes():
+            sentinel = process.sentinel
+            loop.add_reader(sentinel, self._process_exited, process)
+            self._watched.append(sentinel)
+
+    def _unwatch_processes(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sentinel in self._watched:
+            loop.remove_reader(sentinel)
+        self._watched.clear()
+
+    def _process_exited(self, process: Any, looks: int = 0) -> None:
+        """The sentinel closes as the process exits, a moment before its exit status can be read."""
+        self._unwatch_processes()
+        if process.exitcode is None and looks < 10:
+            asyncio.get_running_loop().call_later(0.05, self._process_exited, process, looks + 1)
+            return
+        reason = _exit_reason(process.exitcode)
+        self.died(f"vLLM's engine process {process.name} (pid {process.pid}) {reason}")
+
+    def died(self, cause: str) -> None:
+        """Also end every request on the engine at once: vLLM's own output handler may already be gone
+        (its monitor thread shuts the client down), and its requests would wait forever."""
+        first = self.death is None
+        super().died(cause)
+        if first and self._engine is not None:
+            dead_error = import_backend("vllm.v1.engine.exceptions").EngineDeadError
+            self._engine.output_processor.propagate_error(dead_error())
+
+    def _dead_cause(self) -> str | None:
+        """Why the engine cannot serve: seen by the watch, or by vLLM itself (``errored``)."""
+        if self.death is None and self._engine is not None and self._engine.errored:
+            self.died(self._exit_of_processes() or "vLLM's engine core stopped answering (EngineDeadError)")
+        return self.death
+
+    def _exit_of_processes(self) -> str | None:
+        for process in self._engine_core_processes():
+            process.join(timeout=0.5)
+            if process.exitcode is not None:
+                reason = _exit_reason(process.exitcode)
+                return f"vLLM's engine process {process.name} (pid {process.pid}) {reason}"
+        return None
+
+    def _engine_core_processes(self) -> list[Any]:
+        if self._engine is None:
+            return []
+        manager = getattr(getattr(self._engine.engine_core, "resources", None), "engine_manager", None)
+        return list(getattr(manager, "processes", None) or ())
+
+    def _failed(self) -> EngineFailedError:
+        return EngineFailedError(
+            f"The engine of model '{self.spec.name}' died ({self.death}); the next request loads it again.",
+            retry_after_s=1,
         )
-        from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
-        from vllm.entrypoints.openai.completion.protocol import CompletionRequest as VllmCompletionRequest
-        from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
-        from vllm.entrypoints.openai.models.protocol import BaseModelPath
-        from vllm.entrypoints.openai.models.serving import OpenAIServingModels
-        from vllm.renderers.online_renderer import OnlineRenderer
+
+    def _build_serving(self, folder: Path) -> None:
+        with IMPORT_LOCK:
+            from vllm.entrypoints.openai.chat_completion.protocol import (
+                ChatCompletionRequest as VllmChatRequest,
+            )
+            from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
+            from vllm.entrypoints.openai.completion.protocol import (
+                CompletionRequest as VllmCompletionRequest,
+            )
+            from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
+            from vllm.entrypoints.openai.models.protocol import BaseModelPath
+            from vllm.entrypoints.openai.models.serving import OpenAIServingModels
+            from vllm.renderers.online_renderer import OnlineRenderer
 
         engine = self.engine
         template = read_chat_template(folder)
-        model_type = str(read_json(folder / "config.json").get("model_type", ""))
+        model_type = self.plan.facts.model_type or ""
         # vLLM parses tool calls only with a parser enabled, even for "required" and named functions
         # (whose output it constrains to JSON itself); a model whose template shows no tool format
         # gets the generic Hermes parser for those.
@@ -194,12 +282,10 @@ class VllmChatEngine(ChatEngine):
 
     # --- parking: vLLM sleep mode level 1 (weights to CPU RAM, KV cache dropped) ------------------
     @property
-    def can_park(self) -> bool:
-        return self.plan.placement is Placement.GPU and self._settings.enable_parking
-
-    @property
-    def parked_gpu_bytes(self) -> int:
-        return VLLM_PARKED_GPU_BYTES
+    def parked_footprint(self) -> Footprint | None:
+        if self.plan.placement is not Placement.GPU or not self._settings.enable_parking:
+            return None
+        return Footprint(gpu_bytes=VLLM_PARKED_GPU_BYTES, ram_bytes=self.plan.estimate.weights_bytes)
 
     async def park(self) -> None:
         await self.engine.sleep(level=1)
@@ -210,11 +296,14 @@ class VllmChatEngine(ChatEngine):
         await self.engine.reset_prefix_cache()
 
     async def stop(self) -> None:
+        self.unwatch()
+        self._unwatch_processes()
         engine, self._engine = self._engine, None
         self._chat = self._completion = None
         if engine is not None:
             # Ends vLLM's engine-core process: that is what returns the weights' and KV cache's memory.
             await asyncio.to_thread(engine.shutdown)
+            _forget_tokenizers()
 
     # --- properties ----------------------------------------------------------------------------
     @property
@@ -233,38 +322,14 @@ class VllmChatEngine(ChatEngine):
             return 0
         return int(self._engine.output_processor.get_num_unfinished_requests())
 
-    def _max_model_len(self, folder: Path) -> int | None:
-        """LLM_VLLM_MAX_MODEL_LEN, but never more than the model's own (vLLM refuses that)."""
-        cap = self._settings.vllm_max_model_len
-        if cap is None:
-            return None
-        config = read_json(folder / "config.json")
-        own = config.get("max_position_embeddings") or config.get("text_config", {}).get(
-            "max_position_embeddings"
-        )
-        return min(cap, int(own)) if isinstance(own, int) else cap
-
-    def _dtype(self, folder: Path) -> str:
-        """LLM_VLLM_DTYPE; for ``auto`` on a CPU, the dtype the checkpoint was saved in.
-
-        vLLM's ``auto`` runs float32 checkpoints in bfloat16, which halves a GPU's memory need; on a
-        CPU nothing is saved that matters, and the rounding can change a small model's answers (the
-        imported SmolLM2 says "L'Étoile" instead of "Paris" in bfloat16).
-        """
-        if self._settings.vllm_dtype != "auto" or self.plan.placement is not Placement.CPU:
-            return self._settings.vllm_dtype
-        config = read_json(folder / "config.json")
-        saved = config.get("dtype") or config.get("torch_dtype")
-        return "float32" if saved == "float32" else "auto"
-
     # --- requests ------------------------------------------------------------------------------
     async def chat(self, request: ChatCompletionRequest) -> ChatResult:
         vllm_request = self._to_vllm(self._chat_request_type, request)
-        return await self._run(self._chat.create_chat_completion(vllm_request))
+        return await self._run(lambda: self._chat.create_chat_completion(vllm_request))
 
     async def complete(self, request: CompletionRequest) -> ChatResult:
         vllm_request = self._to_vllm(self._completion_request_type, request)
-        return await self._run(self._completion.create_completion(vllm_request))
+        return await self._run(lambda: self._completion.create_completion(vllm_request))
 
     def _to_vllm(self, request_type: Any, request: ChatCompletionRequest | CompletionRequest) -> Any:
         """vLLM's request object for ours (already validated; vLLM checks its own extras)."""
@@ -274,14 +339,19 @@ class VllmChatEngine(ChatEngine):
         except ValidationError as exc:
             first = exc.errors()[0]
             location = first.get("loc", ())
-            param = str(location[0]) if location else None
+            option = str(location[0]) if location else None
             message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
-            raise InvalidRequestError(message, param=param) from None
+            raise EngineRequestError(message, option=option) from None
 
     async def _run(self, call: Any) -> ChatResult:
-        error_response, client_errors = _vllm_error_types()
+        if self._dead_cause() is not None:
+            raise self._failed()
+        error_response, client_errors, dead_error = _vllm_error_types()
         try:
-            result = await call
+            result = await call()
+        except dead_error:
+            self._dead_cause()
+            raise self._failed() from None
         except client_errors as exc:
             # vLLM's own API server answers these with 400 (bad template input, token ids, lengths, ...).
             logger.info("vLLM refused a request for %s: %s", self.spec.name, exc)
@@ -290,38 +360,89 @@ class VllmChatEngine(ChatEngine):
             error = result.error
             if error.code < 500:
                 raise _client_error(error.message, error.param)
+            if self._dead_cause() is not None:
+                raise self._failed()
             raise EngineError(f"vLLM failed on the request: {error.message}")
         if isinstance(result, AsyncIterator):
-            return _encoded(result)
+            return self._events(result)
         return result.model_dump_json(exclude_none=True).encode()
 
+    async def _events(self, events: AsyncIterator[str]) -> AsyncIterator[bytes]:
+        """vLLM's SSE strings as bytes, ended by ``data: [DONE]``. vLLM reports a failure mid-stream as
+        an error event of its own shape; that becomes a domain error raised here (the serving layer
+        writes the event in the API's shape). Closing this closes vLLM's generator, which aborts the
+        request."""
+        try:
+            async for event in events:
+                if event.startswith('data: {"error"'):
+                    raise self._stream_error(event)
+                yield event.encode()
+        finally:
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
-def _vllm_error_types() -> tuple[type[Any], tuple[type[BaseException], ...]]:
-    """vLLM's ErrorResponse and the exceptions it raises for a client's mistakes, across releases:
-    0.2x keeps ErrorResponse under entrypoints/openai and makes VLLMValidationError a ValueError;
-    0.3x moved it under entrypoints/serve and added VLLMClientError."""
-    import vllm.exceptions
+    def _stream_error(self, event: str) -> Exception:
+        if self._dead_cause() is not None:
+            return self._failed()
+        try:
+            error = json.loads(event.removeprefix("data: ")).get("error", {})
+        except json.JSONDecodeError:
+            error = {}
+        message, code = str(error.get("message", event)), error.get("code")
+        if isinstance(code, int) and code < 500:
+            return _client_error(message, error.get("param"))
+        return EngineError(f"vLLM failed on the request: {message}")
 
-    try:
-        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
-    except ImportError:
-        from vllm.entrypoints.openai.engine.protocol import ErrorResponse  # type: ignore[no-redef]
-    client_error = getattr(vllm.exceptions, "VLLMClientError", vllm.exceptions.VLLMValidationError)
-    return ErrorResponse, (client_error, ValueError, TypeError)
+
+# vLLM's module-level caches that hold a stopped engine's tokenizers (and their pools of copies).
+_TOKENIZER_CACHES = (
+    ("vllm.tokenizers.registry", "cached_get_tokenizer"),
+    ("vllm.tokenizers.registry", "cached_resolve_tokenizer_args"),
+    # Keyed by the tokenizer's bound methods, so it keeps the tokenizer alive.
+    ("vllm.utils.func_utils", "_supports_kw"),
+)
 
 
-def _client_error(message: str, param: str | None) -> InvalidRequestError:
+def _forget_tokenizers() -> None:
+    """vLLM keeps the tokenizers an engine loaded in module-level ``lru_cache``s (up to 128 entries,
+    each with a thread pool of copies) that a new engine never hits: about 45 MB stayed in this process
+    for every engine started and stopped (SmolLM2's tokenizer, measured), so a server that swaps models
+    grew without end. Live engines hold their own tokenizers; only the caches go."""
+    for module, name in _TOKENIZER_CACHES:
+        try:
+            cache_clear = getattr(import_backend(module), name).cache_clear
+        except (ImportError, AttributeError):
+            continue  # another vLLM release: nothing of that name to clear
+        cache_clear()
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is None:
+        return "exited"
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+        hint = " (the out-of-memory killer, or kill -9)" if -code == signal.SIGKILL else ""
+        return f"was killed by {name}{hint}"
+    return f"exited with code {code}"
+
+
+def _vllm_error_types() -> tuple[type[Any], tuple[type[BaseException], ...], type[BaseException]]:
+    """vLLM's ErrorResponse, the exceptions it raises for a client's mistakes, and its engine-death
+    error, across releases: 0.2x keeps ErrorResponse under entrypoints/openai and makes
+    VLLMValidationError a ValueError; 0.3x moved it under entrypoints/serve and added VLLMClientError."""
+    exceptions = import_backend("vllm.exceptions")
+    dead: type[BaseException] = import_backend("vllm.v1.engine.exceptions").EngineDeadError
+    with IMPORT_LOCK:
+        try:
+            from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+        except ImportError:
+            from vllm.entrypoints.openai.engine.protocol import ErrorResponse  # type: ignore[no-redef]
+    client_error = getattr(exceptions, "VLLMClientError", exceptions.VLLMValidationError)
+    return ErrorResponse, (client_error, ValueError, TypeError), dead
+
+
+def _client_error(message: str, option: str | None) -> EngineRequestError:
     if "maximum context length" in message or ("context length" in message and "exceed" in message):
-        return ContextLengthExceededError(message, param=param or "messages")
-    return InvalidRequestError(message, param=param)
-
-
-async def _encoded(events: AsyncIterator[str]) -> AsyncIterator[bytes]:
-    """vLLM's SSE strings as bytes; closing this closes vLLM's generator, which aborts the request."""
-    try:
-        async for event in events:
-            yield event.encode()
-    finally:
-        aclose = getattr(events, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        return InputTooLongError(message, subject=Subject.PROMPT)
+    return EngineRequestError(message, option=option)

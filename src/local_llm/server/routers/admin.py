@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 
 from local_llm.protocol.admin import MemoryReport, UnloadResult
 from local_llm.protocol.models import ModelCard
+from local_llm.server.cancellation import with_cancellation
+from local_llm.server.openapi import ADMIN_RESPONSES
 from local_llm.server.serving.models import ModelsService
 
-router = APIRouter(prefix="/admin", tags=["admin"])
+router = APIRouter(prefix="/admin", tags=["admin"], responses=ADMIN_RESPONSES)
 
 
 def _service(request: Request) -> ModelsService:
@@ -17,22 +19,26 @@ def _service(request: Request) -> ModelsService:
 
 
 @router.post("/models/{model_id:path}/load", response_model=ModelCard)
-async def load_model(model_id: str, request: Request) -> ModelCard:
+@with_cancellation
+async def load_model(model_id: str, request: Request) -> ModelCard | Response:
     return await _service(request).load(model_id)
 
 
 @router.post("/models/{model_id:path}/unload", response_model=UnloadResult)
-async def unload_model(model_id: str, request: Request) -> UnloadResult:
+@with_cancellation
+async def unload_model(model_id: str, request: Request) -> UnloadResult | Response:
     return await _service(request).unload(model_id)
 
 
 @router.post("/models/{model_id:path}/pin", response_model=ModelCard)
-async def pin_model(model_id: str, request: Request) -> ModelCard:
+@with_cancellation
+async def pin_model(model_id: str, request: Request) -> ModelCard | Response:
     return _service(request).pin(model_id, pinned=True)
 
 
 @router.post("/models/{model_id:path}/unpin", response_model=ModelCard)
-async def unpin_model(model_id: str, request: Request) -> ModelCard:
+@with_cancellation
+async def unpin_model(model_id: str, request: Request) -> ModelCard | Response:
     return _service(request).pin(model_id, pinned=False)
 
 

@@ -8,31 +8,28 @@ from fastapi.responses import StreamingResponse
 
 from local_llm.engines.chat import ChatResult
 from local_llm.protocol.chat import ChatCompletionRequest, CompletionRequest
-from local_llm.server.disconnect import cancel_on_disconnect
+from local_llm.server.cancellation import with_cancellation
+from local_llm.server.openapi import ERROR_RESPONSES
 from local_llm.server.serving.chat import ChatService
 
-router = APIRouter(tags=["chat"])
+router = APIRouter(tags=["chat"], responses=ERROR_RESPONSES)
 
 
 @router.post("/v1/chat/completions")
+@with_cancellation
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     service: ChatService = request.app.state.chat
-    return _respond(await cancel_on_disconnect(request, service.chat(body)))
+    return _respond(await service.chat(body))
 
 
 @router.post("/v1/completions")
+@with_cancellation
 async def create_completion(body: CompletionRequest, request: Request) -> Response:
     service: ChatService = request.app.state.chat
-    return _respond(await cancel_on_disconnect(request, service.complete(body)))
+    return _respond(await service.complete(body))
 
 
-# nginx's "client closed request": logged, never seen by the client that left.
-CLIENT_CLOSED_REQUEST = 499
-
-
-def _respond(result: ChatResult | None) -> Response:
-    if result is None:
-        return Response(status_code=CLIENT_CLOSED_REQUEST)
+def _respond(result: ChatResult) -> Response:
     if isinstance(result, bytes):
         return Response(result, media_type="application/json")
     return StreamingResponse(result, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -5,9 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from local_llm.protocol.models import ModelCard, ModelList
+from local_llm.server.openapi import READ_RESPONSES
 from local_llm.server.serving.models import ModelsService
 
-router = APIRouter(tags=["models"])
+router = APIRouter(tags=["models"], responses=READ_RESPONSES)
 
 
 @router.get("/v1/models", response_model=ModelList)

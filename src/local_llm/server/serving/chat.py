@@ -1,77 +1,68 @@
-"""The chat and completions service: checks a request against its model, holds the model's lease for
-as long as the answer streams, and hands the request to the model's chat engine."""
+"""The chat and completions service: checks a request against its model, and hands it to the model's
+chat engine through the serving skeleton (which holds the lease for as long as an answer streams)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack
-
+from local_llm.config import Settings
+from local_llm.engines.base import Capability
 from local_llm.engines.chat import ChatEngine, ChatResult
-from local_llm.errors import InvalidRequestError, ModelTypeMismatchError
+from local_llm.errors import InvalidRequestError, Subject
 from local_llm.manager import ModelManager
 from local_llm.protocol.chat import ChatCompletionRequest, CompletionRequest, NamedToolChoice
 from local_llm.registry import ModelKind, ModelSpec
+from local_llm.server.errors import openai_stream_error
+from local_llm.server.serving.base import Admission, FieldNames, Serving
 
 CHAT_ROUTE = "/v1/chat/completions"
-# What a route asks of the model's engine once the lease is held.
-EngineCall = Callable[[ChatEngine], Awaitable[ChatResult]]
 COMPLETIONS_ROUTE = "/v1/completions"
+# How an OpenAI stream ends, failed or not.
+STREAM_END = b"data: [DONE]\n\n"
+
+CHAT_FIELDS = FieldNames({Subject.PROMPT: "messages"})
+COMPLETION_FIELDS = FieldNames({Subject.PROMPT: "prompt"})
 
 
-class ChatService:
-    def __init__(self, manager: ModelManager) -> None:
-        self._manager = manager
-
-    async def chat(self, request: ChatCompletionRequest) -> ChatResult:
-        spec = self._chat_model(request.model, CHAT_ROUTE)
-        if not spec.chat_template:
-            raise InvalidRequestError(
+class _ChatServing(Serving[ChatEngine]):
+    def mismatch(self, spec: ModelSpec) -> InvalidRequestError:
+        if spec.kind is ModelKind.CHAT:  # a chat model without a chat template
+            return InvalidRequestError(
                 f"Model '{spec.name}' has no chat template, so it cannot be chatted with; "
                 f"send a prompt to {COMPLETIONS_ROUTE} instead.",
                 param="model",
             )
+        return super().mismatch(spec)
+
+
+class ChatService:
+    def __init__(self, manager: ModelManager, admission: Admission, settings: Settings) -> None:
+        self._chat = _ChatServing(manager, admission, settings, Capability.CHAT, CHAT_ROUTE)
+        self._completions: Serving[ChatEngine] = Serving(
+            manager, admission, settings, Capability.COMPLETIONS, COMPLETIONS_ROUTE
+        )
+
+    async def chat(self, request: ChatCompletionRequest) -> ChatResult:
+        spec = self._chat.resolve(request.model)
         check_chat_request(request)
-        return await self._answer(spec, request.keep_alive, lambda engine: engine.chat(request))
+        return await self._chat.call_streaming(
+            spec,
+            lambda engine: engine.chat(request),
+            fields=CHAT_FIELDS,
+            render_error=openai_stream_error,
+            end=STREAM_END,
+            keep_alive_s=request.keep_alive,
+        )
 
     async def complete(self, request: CompletionRequest) -> ChatResult:
-        spec = self._chat_model(request.model, COMPLETIONS_ROUTE)
+        spec = self._completions.resolve(request.model)
         check_sampling(request)
-        return await self._answer(spec, request.keep_alive, lambda engine: engine.complete(request))
-
-    def _chat_model(self, name: str, route: str) -> ModelSpec:
-        spec = self._manager.registry.get(name)
-        if spec.kind is not ModelKind.CHAT:
-            raise ModelTypeMismatchError(name, spec.kind.value, route)
-        return spec
-
-    async def _answer(self, spec: ModelSpec, keep_alive: float | None, run: EngineCall) -> ChatResult:
-        """Run ``run(engine)`` under a lease; a stream keeps the lease until it ends or is closed."""
-        stack = AsyncExitStack()
-        engine = await stack.enter_async_context(self._manager.lease(spec.name, keep_alive_s=keep_alive))
-        try:
-            if not isinstance(engine, ChatEngine):
-                raise ModelTypeMismatchError(spec.name, spec.kind.value, CHAT_ROUTE)
-            result: ChatResult = await run(engine)
-        except BaseException:
-            await stack.aclose()
-            raise
-        if isinstance(result, bytes):
-            await stack.aclose()
-            return result
-        return _released_when_done(result, stack)
-
-
-async def _released_when_done(events: AsyncIterator[bytes], stack: AsyncExitStack) -> AsyncIterator[bytes]:
-    """Stream ``events``; closing (the client went away) or finishing closes the engine's stream
-    first, which aborts generation, and then releases the lease."""
-    async with stack:
-        try:
-            async for event in events:
-                yield event
-        finally:
-            aclose = getattr(events, "aclose", None)
-            if aclose is not None:
-                await aclose()
+        return await self._completions.call_streaming(
+            spec,
+            lambda engine: engine.complete(request),
+            fields=COMPLETION_FIELDS,
+            render_error=openai_stream_error,
+            end=STREAM_END,
+            keep_alive_s=request.keep_alive,
+        )
 
 
 def check_sampling(request: ChatCompletionRequest | CompletionRequest) -> None:

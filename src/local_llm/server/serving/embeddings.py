@@ -10,24 +10,26 @@ import orjson
 
 from local_llm.config import Settings
 from local_llm.engines import EmbeddingEngine, TokenIds
-from local_llm.errors import ContextLengthExceededError, InvalidRequestError, ModelTypeMismatchError
+from local_llm.engines.base import Capability
+from local_llm.errors import ContextLengthExceededError, InvalidRequestError, Subject
 from local_llm.manager import ModelManager
 from local_llm.protocol.embeddings import EmbeddingRequest
-from local_llm.registry import ModelKind
+from local_llm.server.serving.base import Admission, FieldNames, Serving
 
 ROUTE = "/v1/embeddings"
+FIELDS = FieldNames({Subject.INPUT: "input"})
 
 
 class EmbeddingsService:
-    def __init__(self, manager: ModelManager, settings: Settings) -> None:
-        self._manager = manager
+    def __init__(self, manager: ModelManager, admission: Admission, settings: Settings) -> None:
+        self._serving: Serving[EmbeddingEngine] = Serving(
+            manager, admission, settings, Capability.EMBEDDINGS, ROUTE
+        )
         self._settings = settings
 
     async def create(self, request: EmbeddingRequest) -> bytes:
         """The JSON body of the answer, shaped as :class:`EmbeddingResponse`."""
-        spec = self._manager.registry.get(request.model)
-        if spec.kind is not ModelKind.EMBEDDING:
-            raise ModelTypeMismatchError(request.model, spec.kind.value, ROUTE)
+        spec = self._serving.resolve(request.model)
         inputs = _as_input_list(request.input)
         if len(inputs) > self._settings.max_inputs_per_request:
             raise InvalidRequestError(
@@ -42,20 +44,20 @@ class EmbeddingsService:
                 param="dimensions",
             )
 
-        async with self._manager.lease(spec.name, keep_alive_s=request.keep_alive) as engine:
-            if not isinstance(engine, EmbeddingEngine):
-                raise ModelTypeMismatchError(request.model, spec.kind.value, ROUTE)
+        async def embed(engine: EmbeddingEngine) -> tuple[np.ndarray, int]:
             if request.dimensions is not None and request.dimensions > engine.dimension:
                 raise InvalidRequestError(
                     f"dimensions is {request.dimensions}, but model '{spec.name}' has {engine.dimension}.",
                     param="dimensions",
                 )
             token_lists = await _fit_to_context(engine, inputs, request.truncate)
-            vectors = await engine.embed(token_lists)
+            return await engine.embed(token_lists), sum(len(ids) for ids in token_lists)
 
+        vectors, tokens = await self._serving.call(
+            spec, embed, fields=FIELDS, inputs=len(inputs), keep_alive_s=request.keep_alive
+        )
         if request.dimensions is not None:
             vectors = truncate_and_renormalise(vectors, request.dimensions)
-        tokens = sum(len(ids) for ids in token_lists)
         return render_response(vectors, request.encoding_format, request.model, tokens)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from local_llm.manager import ModelManager, ModelStatus
 from local_llm.placement import MemoryEstimate
@@ -46,6 +47,7 @@ class ModelsService:
                 used_by_server_bytes=device.gpu.used_by_us_bytes,
             )
         return MemoryReport(
+            server_overhead_bytes=ledger.server_overhead_bytes,
             ram=DeviceMemory(
                 budget_bytes=budget.ram_bytes,
                 reserved_bytes=ledger.used_ram_bytes,
@@ -83,8 +85,8 @@ class ModelsService:
         return ModelCard(
             id=spec.name,
             created=self._created[spec.name],
-            type=spec.kind.value,
-            state=status.state.value,
+            type=spec.kind,
+            state=status.state,
             aliases=list(spec.aliases),
             format=spec.weight_format.value,
             quantization=spec.quantization,
@@ -115,6 +117,7 @@ class ModelsService:
             in_flight=status.in_flight,
             running_requests=status.running_requests,
             error=status.error,
+            retry_after_s=round(status.retry_at - time.time(), 1) if status.retry_at else None,
         )
 
 

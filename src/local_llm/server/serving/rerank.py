@@ -9,11 +9,13 @@ import numpy as np
 import orjson
 
 from local_llm.config import Settings
+from local_llm.engines.base import Capability
 from local_llm.engines.rerank import RerankEngine, RerankScores
-from local_llm.errors import InvalidRequestError, ModelTypeMismatchError
+from local_llm.errors import InvalidRequestError, Subject
 from local_llm.manager import ModelManager
 from local_llm.protocol.rerank import RerankRequest, TEIRerankRequest
-from local_llm.registry import ModelKind, ModelRegistry, ModelSpec
+from local_llm.registry import ModelKind, ModelRegistry
+from local_llm.server.serving.base import Admission, FieldNames, Serving
 
 ROUTE = "/v1/rerank"
 
@@ -41,16 +43,24 @@ def default_rerank_model(registry: ModelRegistry, configured: str | None) -> str
     )
 
 
+_TOO_LONG_HINT = "Shorten them, or leave `truncate` at its default (true) to cut them."
+COHERE_FIELDS = FieldNames(
+    {Subject.QUERY: "query", Subject.DOCUMENT: "documents"}, too_long_hint=_TOO_LONG_HINT
+)
+TEI_FIELDS = FieldNames({Subject.QUERY: "query", Subject.DOCUMENT: "texts"}, too_long_hint=_TOO_LONG_HINT)
+
+
 class RerankService:
-    def __init__(self, manager: ModelManager, settings: Settings) -> None:
-        self._manager = manager
+    def __init__(self, manager: ModelManager, admission: Admission, settings: Settings) -> None:
+        self._serving: Serving[RerankEngine] = Serving(manager, admission, settings, Capability.RERANK, ROUTE)
+        self._registry = manager.registry
         self._settings = settings
         self._default = default_rerank_model(manager.registry, settings.default_rerank_model)
 
     async def cohere(self, request: RerankRequest) -> bytes:
         """The JSON body of a :class:`RerankResponse` (Cohere/Jina)."""
         documents = request.texts()
-        model, scored = await self._score(request, documents, "documents", request.max_tokens_per_doc)
+        model, scored = await self._score(request, documents, COHERE_FIELDS, request.max_tokens_per_doc)
         order = _ranking(scored.scores, request.top_n)
         results = [
             {"index": int(i), "relevance_score": scored.scores[i]}
@@ -67,7 +77,7 @@ class RerankService:
 
     async def tei(self, request: TEIRerankRequest) -> bytes:
         """The JSON body of TEI's answer: ``[{index, score, text?}]``, highest score first."""
-        _, scored = await self._score(request, request.texts, "texts", None)
+        _, scored = await self._score(request, request.texts, TEI_FIELDS, None)
         scores = scored.raw_scores if request.raw_scores else scored.scores
         ranks = [
             {"index": int(i), "score": scores[i]}
@@ -80,43 +90,39 @@ class RerankService:
         self,
         request: RerankRequest | TEIRerankRequest,
         documents: Sequence[str],
-        documents_param: str,
+        fields: FieldNames,
         max_tokens_per_doc: int | None,
     ) -> tuple[str, RerankScores]:
         """The served name answered with, and every document's scores."""
-        spec = self._model_for(request.model)
+        spec = self._serving.resolve(self._model_name(request.model))
         if len(documents) > self._settings.max_inputs_per_request:
             raise InvalidRequestError(
                 f"{len(documents)} documents in one request; at most "
                 f"{self._settings.max_inputs_per_request} are accepted (LLM_MAX_INPUTS_PER_REQUEST).",
-                param=documents_param,
+                param=fields.subjects[Subject.DOCUMENT],
             )
-        async with self._manager.lease(spec.name, keep_alive_s=request.keep_alive) as engine:
-            if not isinstance(engine, RerankEngine):
-                raise ModelTypeMismatchError(spec.name, spec.kind.value, ROUTE)
-            try:
-                scored = await engine.rerank(
-                    request.query,
-                    documents,
-                    instruction=request.instruction,
-                    truncate=request.truncate,
-                    max_tokens_per_doc=max_tokens_per_doc,
-                )
-            except InvalidRequestError as exc:
-                if exc.param == "documents":  # TEI calls them texts
-                    exc.param = documents_param
-                raise
+        scored = await self._serving.call(
+            spec,
+            lambda engine: engine.rerank(
+                request.query,
+                documents,
+                instruction=request.instruction,
+                truncate=request.truncate,
+                max_tokens_per_doc=max_tokens_per_doc,
+            ),
+            fields=fields,
+            inputs=len(documents) + 1,
+            keep_alive_s=request.keep_alive,
+        )
         return request.model or spec.name, scored
 
-    def _model_for(self, name: str | None) -> ModelSpec:
-        if name is None:
-            if isinstance(self._default, InvalidRequestError):
-                raise self._default
-            name = self._default
-        spec = self._manager.registry.get(name)
-        if spec.rerank is None:
-            raise ModelTypeMismatchError(name, spec.kind.value, ROUTE)
-        return spec
+    def _model_name(self, name: str | None) -> str:
+        """``name``, or the default for a request that names none."""
+        if name is not None:
+            return name
+        if isinstance(self._default, InvalidRequestError):
+            raise self._default
+        return self._default
 
 
 def _ranking(scores: np.ndarray, top_n: int | None) -> list[int]:

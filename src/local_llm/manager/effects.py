@@ -1,0 +1,311 @@
+"""The scheduler's effects carried out with real engines: each one an asyncio task that reports back.
+
+Loading, waking, parking and stopping take seconds to minutes. Each runs as a task of its own, so a
+slow vLLM shutdown or a long load never holds up a decision about another model; when it ends it
+reports to the scheduler (``brought_up``, ``bring_up_failed``, ``parked``, ``stopped``) with what the
+device probe measured. Engines that die report through ``engine_died``. The effects own the engines
+and the futures of waiting requests; the scheduler owns every decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from local_llm.config import Settings
+from local_llm.engines.base import Engine
+from local_llm.engines.reaper import ProcessReaper
+from local_llm.errors import LocalLLMError, ModelLoadError
+from local_llm.manager.scheduler import Ticket
+from local_llm.placement import Footprint, PlacementPlan
+from local_llm.placement.estimate import mib
+from local_llm.placement.probe import process_tree_rss, processes_rss
+from local_llm.registry import ModelRegistry, ModelSpec, WeightFormat
+from local_llm.registry.classify import UnservableFolder, verify_weights
+
+if TYPE_CHECKING:
+    from local_llm.manager.scheduler import Scheduler
+
+logger = logging.getLogger(__name__)
+
+EngineFactory = Callable[[ModelSpec, PlacementPlan, Settings], Engine]
+Clock = Callable[[], float]
+
+# An engine's stop that takes longer than this is cut short: its processes are killed, so the memory a
+# waiting bring-up needs comes back whatever the engine does.
+STOP_TIMEOUT_S = 60.0
+
+
+class EngineEffects:
+    """What the scheduler asks, done with engines. Every method returns at once."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        settings: Settings,
+        factory: EngineFactory,
+        clock: Clock,
+        reaper: ProcessReaper | None = None,
+    ) -> None:
+        self._registry = registry
+        self._settings = settings
+        self._factory = factory
+        self._clock = clock
+        self._reaper = reaper
+        self.scheduler: Scheduler | None = None
+        self.engines: dict[str, Engine] = {}
+        # The one bring-up or take-down under way per model.
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        # Waiting requests' futures, by ticket number.
+        self._waiting: dict[int, asyncio.Future[Engine]] = {}
+        self._in_process_loads = 0
+        self._load_epoch = 0
+        # Called when the last bring-up or take-down under way has ended (the manager measures then).
+        self.on_settled: Callable[[], None] | None = None
+
+    @property
+    def _events(self) -> Scheduler:
+        assert self.scheduler is not None, "bind a scheduler first"
+        return self.scheduler
+
+    # --- waiting requests ----------------------------------------------------------------------------
+    def expect(self, ticket: Ticket) -> asyncio.Future[Engine]:
+        """The future a request awaits until it is granted or refused."""
+        future: asyncio.Future[Engine] = asyncio.get_running_loop().create_future()
+        self._waiting[ticket.seq] = future
+        return future
+
+    def forget(self, ticket: Ticket) -> None:
+        self._waiting.pop(ticket.seq, None)
+
+    def grant(self, ticket: Ticket) -> bool:
+        future = self._waiting.pop(ticket.seq, None)
+        if future is None or future.done():
+            return False
+        future.set_result(self.engines[ticket.model])
+        return True
+
+    def refuse(self, ticket: Ticket, error: LocalLLMError) -> None:
+        future = self._waiting.pop(ticket.seq, None)
+        if future is not None and not future.done():
+            future.set_exception(error)
+
+    # --- bringing up -----------------------------------------------------------------------------------
+    def bring_up(self, name: str, plan: PlacementPlan, *, wake: bool, after: frozenset[str]) -> None:
+        waits = [task for other in after if (task := self._tasks.get(other)) is not None]
+        self._run(name, self._bring_up(name, plan, wake, waits))
+
+    async def _bring_up(
+        self, name: str, plan: PlacementPlan, wake: bool, waits: list[asyncio.Task[None]]
+    ) -> None:
+        if waits:
+            logger.info("%s waits for %d model(s) to give their memory back", name, len(waits))
+            await asyncio.gather(*(asyncio.shield(task) for task in waits), return_exceptions=True)
+        spec = self._registry.get(name)
+        started = time.perf_counter()
+        engine = self.engines.get(name) if wake else None
+        in_process = False
+        try:
+            if wake and engine is not None:
+                await engine.wake()
+                logger.info("woke %s from RAM in %.2fs", name, time.perf_counter() - started)
+                before = None
+            else:
+                logger.info(
+                    "loading %s (%s) on %s: %s", name, spec.kind.value, plan.placement.value, plan.reason
+                )
+                if spec.weight_format is not WeightFormat.GGUF:
+                    await asyncio.to_thread(_verify_weights, spec)
+                engine = self._factory(spec, plan, self._settings)
+                in_process = engine.in_process
+                alone = in_process and self._in_process_loads == 0
+                self._in_process_loads += in_process
+                self._load_epoch += in_process
+                epoch = self._load_epoch
+                before = _own_rss() if alone else None
+                await engine.start()
+                if self._load_epoch != epoch:
+                    before = None  # another in-process load began meanwhile: the RSS growth is shared
+        except Exception as exc:
+            cause = exc.message if isinstance(exc, LocalLLMError) else f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, LocalLLMError):
+                logger.exception("bringing up %s failed", name)
+            if engine is not None:
+                await _stop_quietly(engine)
+            self.engines.pop(name, None)
+            self._events.bring_up_failed(name, self._clock(), cause)
+            return
+        finally:
+            self._in_process_loads -= in_process
+        measured = await asyncio.to_thread(self._measure, engine, before)
+        if not wake:
+            self.engines[name] = engine
+            engine.watch(self._death_watch(name, engine))
+            if self._reaper is not None and engine.process_ids:
+                self._reaper.watch(engine.process_ids)
+            logger.info(
+                "loaded %s in %.1fs: estimated %s, measured %s",
+                name,
+                time.perf_counter() - started,
+                mib(plan.estimated_bytes),
+                _describe(measured),
+            )
+        self._events.brought_up(
+            name,
+            self._clock(),
+            seconds=time.perf_counter() - started,
+            measured=measured,
+            parking=engine.parked_footprint,
+        )
+
+    def _measure(self, engine: Engine, rss_before: int | None) -> Footprint:
+        """What the engine holds: its own reading, and for an in-process engine loaded alone, at least
+        what the server's RSS grew by while it loaded (tensors are not all a model costs)."""
+        measured = engine.footprint()
+        if rss_before is not None:
+            grew = max(_own_rss() - rss_before, 0)
+            measured = Footprint(measured.gpu_bytes, max(measured.ram_bytes, grew))
+        return measured
+
+    def _death_watch(self, name: str, engine: Engine) -> Callable[[str], None]:
+        def died(cause: str) -> None:
+            if self.engines.get(name) is engine:
+                self._events.engine_died(name, self._clock(), cause)
+
+        return died
+
+    # --- taking down --------------------------------------------------------------------------------------
+    def park(self, name: str, why: str) -> None:
+        self._run(name, self._park(name, self.engines[name]))
+
+    async def _park(self, name: str, engine: Engine) -> None:
+        started = time.perf_counter()
+        try:
+            await engine.park()
+        except Exception:
+            logger.exception("parking %s failed; unloading it instead", name)
+            await self._stop_engine(name, engine)
+            self._events.stopped(name, self._clock())
+            return
+        measured = await asyncio.to_thread(engine.footprint)
+        seconds = time.perf_counter() - started
+        logger.info("parked %s in RAM in %.2fs", name, seconds)
+        self._events.parked(name, self._clock(), seconds=seconds, measured=measured)
+
+    def stop(self, name: str, why: str) -> None:
+        engine = self.engines.pop(name, None)
+        self._run(name, self._stop(name, engine))
+
+    async def _stop(self, name: str, engine: Engine | None) -> None:
+        if engine is not None:
+            await self._stop_engine(name, engine)
+        self._events.stopped(name, self._clock())
+
+    async def _stop_engine(self, name: str, engine: Engine) -> None:
+        engine.unwatch()
+        pids = engine.process_ids
+        try:
+            await asyncio.wait_for(_stop_quietly(engine), STOP_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            logger.error("stopping %s took over %.0fs; killing its processes", name, STOP_TIMEOUT_S)
+            _kill(pids)
+        if self._reaper is not None and pids:
+            self._reaper.forget(pids)
+        self.engines.pop(name, None)
+        await asyncio.to_thread(_give_freed_memory_back)
+
+    # --- tasks ----------------------------------------------------------------------------------------------
+    def _run(self, name: str, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work, name=f"model-{name}")
+        self._tasks[name] = task
+
+        def done(finished: asyncio.Task[None]) -> None:
+            if self._tasks.get(name) is finished:
+                del self._tasks[name]
+            if not finished.cancelled() and finished.exception() is not None:
+                logger.error("the task for %s failed", name, exc_info=finished.exception())
+            if not self._tasks and self.on_settled is not None and not finished.cancelled():
+                self.on_settled()
+
+        task.add_done_callback(done)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a bring-up or take-down is under way."""
+        return bool(self._tasks)
+
+    async def settled(self, name: str) -> None:
+        """Wait for the bring-up or take-down of ``name`` under way, if any."""
+        task = self._tasks.get(name)
+        if task is not None:
+            await asyncio.shield(task)
+
+    # --- memory ---------------------------------------------------------------------------------------------
+    def overhead_ram(self, in_process_shares: Mapping[str, int]) -> int:
+        """The server's own RAM beyond its models': the process tree's RSS less each engine's share,
+        its processes' RSS or, in this process, ``in_process_shares`` (blocking)."""
+        models = sum(processes_rss(set(e.process_ids)) for e in self.engines.values() if not e.in_process)
+        models += sum(in_process_shares.values())
+        return max(process_tree_rss() - models, 0)
+
+    async def stop_all(self) -> None:
+        """Shutdown: cancel bring-ups, stop every engine (in parallel), end the waits."""
+        for task in list(self._tasks.values()):
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        engines, self.engines = self.engines, {}
+        await asyncio.gather(*(self._stop_engine(n, e) for n, e in engines.items()), return_exceptions=True)
+        for future in self._waiting.values():
+            future.cancel()
+        self._waiting.clear()
+
+
+def _verify_weights(spec: ModelSpec) -> None:
+    """The weights' headers and sizes, checked before a load spends seconds (vLLM: about 19
+    CPU-seconds) to find them damaged; the cause is the safetensors library's own verdict."""
+    try:
+        verify_weights(spec.path)
+    except UnservableFolder as exc:
+        raise ModelLoadError(str(exc)) from exc
+
+
+def _own_rss() -> int:
+    return int(psutil.Process().memory_info().rss)
+
+
+def _kill(pids: frozenset[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(pid).kill()
+
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6") if ctypes.util.find_library("c") else None
+
+
+def _give_freed_memory_back() -> None:
+    """A stopped engine's memory in this process (an in-process model's tensors; vLLM's front end) is
+    freed, but glibc keeps the pages; hand them to the OS so the RSS the budget is checked against
+    comes down."""
+    if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
+        with contextlib.suppress(Exception):
+            _LIBC.malloc_trim(0)
+
+
+def _describe(footprint: Footprint) -> str:
+    gpu = f"GPU {mib(footprint.gpu_bytes)}, " if footprint.gpu_bytes else ""
+    return f"{gpu}RAM {mib(footprint.ram_bytes)}"
+
+
+async def _stop_quietly(engine: Engine) -> None:
+    try:
+        await engine.stop()
+    except Exception:
+        logger.exception("stopping the engine for %s failed", engine.spec.name)
