@@ -44,6 +44,11 @@ def test_models_lists_name_type_format_size_reason_and_skips(zoo: Path) -> None:
     assert any(line.startswith("all-MiniLM-L6-v2 ") for line in lines)
     assert "Skipped:" in result.stdout
     assert "broken-config: config.json is unreadable" in result.stdout
+    # What would only fail at load time is reported now: damaged weights, a missing tokenizer.
+    skipped = result.stdout.split("Skipped:", 1)[1]
+    assert "truncated-embed: model.safetensors: SafetensorError" in skipped
+    assert "no-tokenizer-chat: no tokenizer" in skipped
+    assert not any(line.startswith(("truncated-embed ", "no-tokenizer-chat ")) for line in lines)
 
 
 def test_models_without_a_folder_shows_the_bundled_model() -> None:
@@ -78,9 +83,38 @@ def test_defaults_are_secure() -> None:
     assert settings.api_keys == []
 
 
-def test_every_setting_is_a_flag() -> None:
-    help_text = build_parser().parse_args(["serve"])  # parses with no flags
-    assert all(hasattr(help_text, name) for name in Settings.model_fields)
+def _sample_value(name: str) -> tuple[list[str], object]:
+    """A flag's arguments for a value unlike the default, and the value Settings should then hold."""
+    field = Settings.model_fields[name]
+    annotation, default = str(field.annotation), field.default
+    if field.annotation is bool:
+        return (
+            [f"--no-{name}".replace("_", "-")] if default else [f"--{name}".replace("_", "-")]
+        ), not default
+    flag = "--" + name.replace("_", "-")
+    if "list" in annotation:
+        return [flag, "a,b"], ["a", "b"]
+    if "Path" in annotation:
+        return [flag, "/tmp/somewhere"], Path("/tmp/somewhere")
+    if "Literal" in annotation:
+        choices = [c for c in field.annotation.__args__ if c != default]  # type: ignore[union-attr]
+        return [flag, choices[0]], choices[0]
+    if "int" in annotation and "float" not in annotation:
+        return [flag, "7"], 7
+    if "float" in annotation:
+        return [flag, "7.5"], 7.5
+    return [flag, "x-value"], "x-value"
+
+
+def test_every_setting_is_a_flag_that_takes_effect() -> None:
+    """Each flag, given a value unlike the default, lands in Settings (a flag wired to the wrong field,
+    or a boolean that cannot be turned off, fails here)."""
+    for name in Settings.model_fields:
+        arguments, expected = _sample_value(name)
+        if name == "max_queued_inputs":  # must hold LLM_MAX_INPUTS_PER_REQUEST's default (2048)
+            arguments, expected = ["--max-queued-inputs", "9999"], 9999
+        settings = settings_from_args(build_parser().parse_args(["serve", *arguments]))
+        assert getattr(settings, name) == expected, name
 
 
 def test_readme_settings_table_is_current() -> None:

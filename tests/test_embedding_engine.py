@@ -11,6 +11,7 @@ import pytest
 from local_llm.config import Settings
 from local_llm.engines.embedding import SentenceTransformersEmbeddingEngine
 from local_llm.engines.factory import create_engine
+from local_llm.errors import EngineFailedError
 from local_llm.placement import MemoryEstimate, Placement, PlacementPlan
 from local_llm.registry import ModelRegistry, ModelSpec
 
@@ -111,3 +112,65 @@ def test_engine_options_from_models_yaml_reach_the_model(zoo: Path) -> None:
         await engine.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_fatal_device_error_kills_the_engine_once_and_fails_its_requests_at_once(zoo: Path) -> None:
+    """A CUDA error leaves a torch engine's context unusable: every request on it (running or queued)
+    fails with engine_failed, the engine reports its death once, and nothing waits for it."""
+    engine = engine_for(zoo)
+    deaths: list[str] = []
+
+    async def scenario() -> None:
+        await engine.start()
+        engine.watch(deaths.append)
+
+        def broken(payloads: list[list[int]]) -> np.ndarray:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+        engine._forward = broken  # type: ignore[method-assign]
+        token_lists = await engine.tokenize(TEXTS[:20], truncate=True)
+        outcomes = await asyncio.gather(
+            *(engine.embed(token_lists[i : i + 2]) for i in range(0, 20, 2)), return_exceptions=True
+        )
+        assert all(isinstance(o, EngineFailedError) for o in outcomes), outcomes
+        await asyncio.sleep(0)  # the death is told on the event loop's thread
+        assert deaths == ["RuntimeError: CUDA error: an illegal memory access was encountered"]
+        with pytest.raises(EngineFailedError, match="died"):
+            await engine.embed(token_lists[:1])
+        await engine.stop()
+
+    asyncio.run(scenario())
+
+
+def test_an_ordinary_error_fails_only_its_batch_and_the_engine_lives(zoo: Path) -> None:
+    engine = engine_for(zoo)
+    deaths: list[str] = []
+
+    async def scenario() -> None:
+        await engine.start()
+        engine.watch(deaths.append)
+        forward = engine._forward
+        calls = 0
+
+        def flaky(payloads: list[list[int]]) -> np.ndarray:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise torch_out_of_memory()
+            return forward(payloads)
+
+        engine._forward = flaky  # type: ignore[method-assign]
+        (ids,) = await engine.tokenize(TEXTS[:1], truncate=True)
+        with pytest.raises(RuntimeError, match="out of memory"):
+            await engine.embed([ids])
+        assert (await engine.embed([ids])).shape == (1, 32)
+        assert deaths == []
+        await engine.stop()
+
+    asyncio.run(scenario())
+
+
+def torch_out_of_memory() -> Exception:
+    import torch
+
+    return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -38,9 +39,17 @@ def wait_for(condition, timeout_s: float = 60, every_s: float = 0.1) -> bool:  #
 
 
 def engine_processes(server: RunningServer) -> list[psutil.Process]:
-    """vLLM's processes under the server (its engine core and worker), not the reaper."""
-    children = psutil.Process(server.process.pid).children(recursive=True)
-    return [p for p in children if "local_llm.engines.reaper" not in " ".join(p.cmdline())]
+    """vLLM's live processes under the server (its engine core and worker), not the reaper."""
+    found = []
+    for child in psutil.Process(server.process.pid).children(recursive=True):
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and "local_llm.engines.reaper" not in " ".join(
+                child.cmdline()
+            ):
+                found.append(child)
+        except psutil.Error:
+            continue  # gone meanwhile
+    return found
 
 
 def engine_core(server: RunningServer) -> psutil.Process:
@@ -124,17 +133,26 @@ def test_the_openai_sdk_sees_an_engine_death_as_an_api_error(server: RunningServ
     client = openai.OpenAI(base_url=server.api, api_key="unused", max_retries=0, timeout=120)
     body = {k: v for k, v in ENDLESS.items() if k not in ("stream", "ignore_eos")}
     stream = client.chat.completions.create(**body, stream=True, extra_body={"ignore_eos": True})
-    with pytest.raises(openai.APIError, match="engine_failed|died"):
+
+    def read_and_kill_once_tokens_flow() -> None:
+        killed = False
         for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
+            if not killed and chunk.choices and chunk.choices[0].delta.content:
                 engine_core(server).kill()
+                killed = True
+
+    with pytest.raises(openai.APIError, match=r"died"):
+        read_and_kill_once_tokens_flow()
     assert wait_for(lambda: card(server, "tiny-chat")["state"] == "failed", 10)
     answer = client.chat.completions.create(model="tiny-chat", messages=HI, max_tokens=3)
     assert answer.choices[0].message.content is not None
 
 
 def test_a_client_that_leaves_mid_embedding_does_not_hold_up_the_next_request(server: RunningServer) -> None:
-    texts = [f"sentence {i}: retrieval augmented generation finds passages that answer a question" for i in range(2000)]
+    texts = [
+        f"sentence {i}: retrieval augmented generation finds passages that answer a question"
+        for i in range(2000)
+    ]
     url = server.api + "/embeddings"
     assert httpx.post(url, json={"model": "minilm", "input": "warm"}, timeout=120).is_success
     started = time.perf_counter()
@@ -152,7 +170,9 @@ def test_a_client_that_leaves_mid_embedding_does_not_hold_up_the_next_request(se
     assert wait_for(lambda: "POST /v1/embeddings: the client went away" in server.log(), 10)
 
 
-def test_truncated_weights_answer_503_with_the_cause_and_back_off(server: RunningServer, models: Path) -> None:
+def test_truncated_weights_answer_503_with_the_cause_and_back_off(
+    server: RunningServer, models: Path
+) -> None:
     weights = models / "fragile-chat" / "model.safetensors"
     intact = weights.read_bytes()
     truncate_file(weights)  # after discovery: the server believes the folder fine
@@ -213,14 +233,14 @@ def test_a_sigkilled_server_leaves_no_engine_process(models: Path, tmp_path: Pat
 def test_sigterm_lets_requests_in_flight_finish_then_ends_the_rest_with_a_final_event(
     models: Path, tmp_path: Path
 ) -> None:
-    running = start_server(models, tmp_path / "server.log", "--no-bundled-models", "--shutdown-grace-s", "3")
+    running = start_server(models, tmp_path / "server.log", "--no-bundled-models", "--shutdown-grace-s", "1")
     try:
         url = running.api + "/chat/completions"
         assert httpx.post(url, json={**ENDLESS, "stream": False, "max_tokens": 2}, timeout=300).is_success
         engines = engine_processes(running)
         lines: list[str] = []
         started = threading.Event()
-        reader = threading.Thread(target=read_stream, args=(url, {**ENDLESS, "max_tokens": 5000}, lines, started))
+        reader = threading.Thread(target=read_stream, args=(url, ENDLESS, lines, started))
         reader.start()
         assert started.wait(60)
         sent = time.monotonic()
@@ -228,12 +248,13 @@ def test_sigterm_lets_requests_in_flight_finish_then_ends_the_rest_with_a_final_
         reader.join(30)
         assert not reader.is_alive()
         ended_after = time.monotonic() - sent
-        assert 2.5 < ended_after < 15, ended_after  # it had its grace period, and no more
+        assert 0.9 < ended_after < 12, ended_after  # it had its grace period, and no more
         assert lines[-1] == "data: [DONE]"
         error = json.loads(lines[-2].removeprefix("data: "))["error"]
         assert error["code"] == "shutting_down"
         assert "LLM_SHUTDOWN_GRACE_S" in error["message"]
-        assert running.process.wait(30) == 0
+        # uvicorn re-raises the signal once its shutdown is done, so the exit status says SIGTERM.
+        assert running.process.wait(30) in (0, -signal.SIGTERM)
         _, alive = psutil.wait_procs(engines, timeout=10)
         assert alive == []
         assert "Application shutdown complete" in running.log()
@@ -248,7 +269,9 @@ def test_a_first_start_on_an_empty_data_dir_imports_the_gguf_before_any_request(
     gguf = bundled_chat_gguf()
     assert gguf is not None
     (models / "smol.gguf").symlink_to(gguf)
-    running = start_server(models, tmp_path / "server.log", "--no-bundled-models", data_dir=tmp_path / "empty")
+    running = start_server(
+        models, tmp_path / "server.log", "--no-bundled-models", data_dir=tmp_path / "empty"
+    )
     try:
         assert wait_for(lambda: "imported smol.gguf" in running.log() or "failed" in running.log(), 240, 0.5)
         log = running.log()

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from local_llm.engines.rerank import QWEN3_RERANKER, template_for
 from local_llm.errors import InvalidRequestError
 from local_llm.registry import ModelKind, ModelRegistry, RerankScorer
 from local_llm.server.serving.rerank import default_rerank_model
@@ -87,8 +86,3 @@ def test_default_rerank_model(zoo: Path, tmp_path: Path) -> None:
     assert "tiny-cross-encoder" in refusal.message
     assert "LLM_DEFAULT_RERANK_MODEL" in refusal.message
     assert default_rerank_model(several, "st-cross-encoder") == "st-cross-encoder"
-
-
-def test_yes_no_template_by_name() -> None:
-    assert template_for("Qwen3-Reranker-8B") is QWEN3_RERANKER
-    assert template_for("my-judge") is QWEN3_RERANKER  # the default family

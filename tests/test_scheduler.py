@@ -407,3 +407,26 @@ def test_an_evicted_gpu_model_is_parked_then_woken_not_reloaded() -> None:
     rig.ask("a")
     assert rig.effects.take() == [("park", "b"), ("wake", "a", frozenset({"b"}))]
     assert rig.within_budget()
+
+
+def test_a_model_that_fits_only_at_the_servers_least_footprint_waits_without_draining_others() -> None:
+    """A reading of the server's footprint taken while requests ran can leave a model no room for now:
+    it waits (bounded by its request's timeout) and nothing is drained for it, so the others serve;
+    one that does not fit even at the least footprint ever measured is refused at once."""
+    rig = Rig({"chat": 6, "embed": 1})
+    rig.scheduler.measured_overhead(2 * G, rig.now)  # the least reading: 6 fits in 10 - 2
+    rig.ask("embed")
+    rig.up("embed")
+    rig.effects.take()
+    rig.scheduler.measured_overhead(int(4.5 * G), rig.now)  # now 6 does not fit in 10 - 4.5
+    busy = rig.ask("embed")  # embed stays in use
+    chat = rig.ask("chat")
+    assert chat.seq not in rig.effects.refused
+    assert rig.effects.take() == []
+    assert rig.scheduler.records["embed"].drained_for == set()
+    rig.ask("embed")
+    assert rig.effects.granted[-1] == busy.seq + 2  # embed still serves at once
+    big = Rig({"huge": 9})
+    big.scheduler.measured_overhead(2 * G, big.now)
+    refused = big.ask("huge")
+    assert isinstance(big.effects.refused[refused.seq], InsufficientMemoryError)

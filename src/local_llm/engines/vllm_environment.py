@@ -6,15 +6,32 @@ the server imports it. A variable the operator already set wins.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
+from pathlib import Path
 
 from local_llm.config import Settings
+
+# A Unix socket's path holds at most 107 bytes; vLLM names each socket by a 36-character uuid.
+_MAX_SOCKET_DIR_CHARS = 107 - 36 - len("ipc://") - 2
+
+
+def socket_dir(data_dir: Path) -> Path:
+    """Where vLLM's ZMQ sockets go: under the data dir, unless that path is too long for a Unix socket
+    (a data dir deep in a home folder failed every load with "ipc path ... is longer than 107
+    characters"); then a short folder of this user's in the temp dir, named after the data dir."""
+    preferred = data_dir / "vllm" / "rpc"
+    if len(str(preferred)) <= _MAX_SOCKET_DIR_CHARS:
+        return preferred
+    key = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"local-llm-{os.getuid()}-{key}"
 
 
 def configure_vllm_environment(settings: Settings) -> None:
     cache = settings.data_dir / "vllm"
-    sockets = cache / "rpc"
-    sockets.mkdir(parents=True, exist_ok=True)
+    sockets = socket_dir(settings.data_dir)
+    sockets.mkdir(parents=True, exist_ok=True, mode=0o700)
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]
     defaults = {
         # Caches and ZMQ sockets inside our data dir, not ~/.cache and /tmp.

@@ -275,10 +275,13 @@ class ModelManager:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(_TICK_S)
-            now = time.time()
-            self.scheduler.tick(now)
-            if now - self._last_overhead_probe >= _OVERHEAD_PROBE_S:
-                await self.measure_overhead()
+            try:
+                now = time.time()
+                self.scheduler.tick(now)
+                if now - self._last_overhead_probe >= _OVERHEAD_PROBE_S:
+                    await self.measure_overhead()
+            except Exception:  # a failed probe must not end the time to live of every model
+                logger.exception("the manager's tick failed; it goes on")
 
     async def measure_overhead(self) -> None:
         """Measure the server's own RAM beyond its models' and let the budget follow it.
