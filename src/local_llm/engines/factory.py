@@ -111,6 +111,11 @@ def create_engine(spec: ModelSpec, plan: PlacementPlan, settings: Settings) -> E
     )
 
 
+def stray_engine_processes() -> set[int]:
+    """Engine processes of this server that no engine owns any more (one a cancelled load had begun)."""
+    return VllmChatEngine.stray_processes()
+
+
 def chat_engine_for(spec: ModelSpec, settings: Settings) -> str:
     """The engine serving chat model ``spec``: its models.yaml ``engine``, else LLM_CHAT_ENGINE's."""
     return spec.options.engine or chat_engine_name(settings)

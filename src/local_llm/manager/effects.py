@@ -139,8 +139,7 @@ class EngineEffects:
             if not isinstance(exc, LocalLLMError):
                 logger.exception("bringing up %s failed", name)
             if engine is not None:
-                await _stop_quietly(engine)
-            self.engines.pop(name, None)
+                await self._stop_engine(name, engine)
             self._events.bring_up_failed(name, self._clock(), cause)
             return
         finally:

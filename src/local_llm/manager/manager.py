@@ -29,7 +29,7 @@ from typing import Any
 
 from local_llm.config import Settings
 from local_llm.engines.base import Engine
-from local_llm.engines.factory import create_engine, estimate_for
+from local_llm.engines.factory import create_engine, estimate_for, stray_engine_processes
 from local_llm.engines.reaper import ProcessReaper
 from local_llm.errors import LocalLLMError, ModelLoadTimeoutError
 from local_llm.manager.effects import EngineEffects, EngineFactory
@@ -321,6 +321,8 @@ class ModelManager:
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.effects.stop_all()
         if self._reaper is not None:
+            # An engine process a cancelled load had begun goes with the server too.
+            self._reaper.watch(stray_engine_processes())
             self._reaper.stop()
 
     # --- views ----------------------------------------------------------------------------------------

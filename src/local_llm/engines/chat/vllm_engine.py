@@ -12,6 +12,7 @@ ends vLLM's engine process so its memory comes back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -20,6 +21,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psutil
 from pydantic import ValidationError
 
 from local_llm.backends import IMPORT_LOCK, import_backend
@@ -155,6 +157,17 @@ class VllmChatEngine(ChatEngine):
     @property
     def process_ids(self) -> frozenset[int]:
         return self._engine_processes
+
+    @staticmethod
+    def stray_processes() -> set[int]:
+        """vLLM engine-core processes started by this process and still running (vLLM names them
+        ``VLLM::EngineCore``; their workers are their own children)."""
+        found = set()
+        for child in psutil.Process().children():
+            with contextlib.suppress(psutil.Error):
+                if child.name().startswith("VLLM::"):
+                    found.add(child.pid)
+        return found
 
     def footprint(self) -> Footprint:
         """What vLLM's engine processes hold: their RSS, and on a GPU their memory there (NVML)."""
