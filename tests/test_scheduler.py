@@ -40,10 +40,10 @@ class FakeEffects:
     def bring_up(self, name: str, plan: PlacementPlan, *, wake: bool, after: frozenset[str]) -> None:
         self.calls.append(("wake" if wake else "load", name, after))
 
-    def park(self, name: str, why: str) -> None:
+    def park(self, name: str) -> None:
         self.calls.append(("park", name))
 
-    def stop(self, name: str, why: str) -> None:
+    def stop(self, name: str) -> None:
         self.calls.append(("stop", name))
 
     def grant(self, ticket: Ticket) -> bool:

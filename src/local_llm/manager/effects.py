@@ -155,7 +155,7 @@ class EngineEffects:
                 name,
                 time.perf_counter() - started,
                 mib(plan.estimated_bytes),
-                _describe(measured),
+                measured.describe(),
             )
         self._events.brought_up(
             name,
@@ -182,7 +182,7 @@ class EngineEffects:
         return died
 
     # --- taking down --------------------------------------------------------------------------------------
-    def park(self, name: str, why: str) -> None:
+    def park(self, name: str) -> None:
         self._run(name, self._park(name, self.engines[name]))
 
     async def _park(self, name: str, engine: Engine) -> None:
@@ -199,7 +199,7 @@ class EngineEffects:
         logger.info("parked %s in RAM in %.2fs", name, seconds)
         self._events.parked(name, self._clock(), seconds=seconds, measured=measured)
 
-    def stop(self, name: str, why: str) -> None:
+    def stop(self, name: str) -> None:
         engine = self.engines.pop(name, None)
         self._run(name, self._stop(name, engine))
 
@@ -286,21 +286,12 @@ def _kill(pids: frozenset[int]) -> None:
             psutil.Process(pid).kill()
 
 
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6") if ctypes.util.find_library("c") else None
-
-
 def _give_freed_memory_back() -> None:
     """A stopped engine's memory in this process (an in-process model's tensors; vLLM's front end) is
     freed, but glibc keeps the pages; hand them to the OS so the RSS the budget is checked against
-    comes down."""
-    if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
-        with contextlib.suppress(Exception):
-            _LIBC.malloc_trim(0)
-
-
-def _describe(footprint: Footprint) -> str:
-    gpu = f"GPU {mib(footprint.gpu_bytes)}, " if footprint.gpu_bytes else ""
-    return f"{gpu}RAM {mib(footprint.ram_bytes)}"
+    comes down (a no-op where the C library has no ``malloc_trim``)."""
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
 
 
 async def _stop_quietly(engine: Engine) -> None:

@@ -195,10 +195,10 @@ class Effects(Protocol):
     def bring_up(self, name: str, plan: PlacementPlan, *, wake: bool, after: frozenset[str]) -> None:
         """Load (or wake) the model once the take-downs of the models ``after`` have ended."""
 
-    def park(self, name: str, why: str) -> None:
+    def park(self, name: str) -> None:
         """Move the model's weights to RAM; a failed park stops it instead (reported as ``stopped``)."""
 
-    def stop(self, name: str, why: str) -> None:
+    def stop(self, name: str) -> None:
         """Stop the model's engine and release its memory."""
 
     def grant(self, ticket: Ticket) -> bool:
@@ -518,16 +518,16 @@ class Scheduler:
             "%s %s (holding %s%s): %s",
             "parking" if park else "unloading",
             record.name,
-            _describe(held),
+            held.describe(),
             idle,
             why,
         )
         if park:
             record.phase = Phase.PARKING
-            self._effects.park(record.name, why)
+            self._effects.park(record.name)
         else:
             record.phase = Phase.STOPPING
-            self._effects.stop(record.name, why)
+            self._effects.stop(record.name)
 
     def _expire(self, now: float) -> None:
         ttl = {name: self.ttl(record) for name, record in self.records.items()}
@@ -670,11 +670,6 @@ def _holding(record: ModelRecord) -> Holding | None:
 def _fits(need: Need, room: Room) -> bool:
     gpu_ok = room.gpu_bytes is None or need.gpu_bytes <= room.gpu_bytes
     return gpu_ok and need.ram_bytes <= room.ram_bytes
-
-
-def _describe(footprint: Footprint) -> str:
-    parts = [f"GPU {mib(footprint.gpu_bytes)}"] if footprint.gpu_bytes else []
-    return ", ".join([*parts, f"RAM {mib(footprint.ram_bytes)}"])
 
 
 def _pair(footprint: Footprint) -> tuple[int, int]:

@@ -32,6 +32,11 @@ class Footprint:
             return self
         return Footprint(max(self.gpu_bytes, other.gpu_bytes), max(self.ram_bytes, other.ram_bytes))
 
+    def describe(self) -> str:
+        """``GPU 1,170 MiB, RAM 1,359 MiB`` (the GPU only where it holds some): what the log shows."""
+        gpu = f"GPU {self.gpu_bytes / 2**20:,.0f} MiB, " if self.gpu_bytes else ""
+        return f"{gpu}RAM {self.ram_bytes / 2**20:,.0f} MiB"
+
 
 @dataclass(frozen=True)
 class GpuSnapshot:

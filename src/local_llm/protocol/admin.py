@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from local_llm.manager.policy import Stage
 from local_llm.protocol.models import ModelCard
 
 
@@ -25,7 +26,7 @@ class DeviceMemory(BaseModel):
 
 class HoldingReport(BaseModel):
     model: str
-    stage: str
+    stage: Stage
     gpu_bytes: int
     ram_bytes: int
     in_flight: int

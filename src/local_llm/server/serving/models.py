@@ -61,7 +61,7 @@ class ModelsService:
             holdings=[
                 HoldingReport(
                     model=h.name,
-                    stage=h.stage.value,
+                    stage=h.stage,
                     gpu_bytes=h.gpu_bytes,
                     ram_bytes=h.ram_bytes,
                     in_flight=h.in_flight,
