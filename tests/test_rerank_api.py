@@ -11,8 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import RunningServer
-from test_embeddings_api import assert_error
+from conftest import RunningServer, assert_error
 
 pytestmark = pytest.mark.server
 
@@ -332,46 +331,9 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_scores(
         )
 
 
-# --- errors -----------------------------------------------------------------------------------------------
+# --- errors that need the engine (the rest: test_validation.py, in process) ----------------------------
 BODY = {"model": "tiny-cross-encoder", "query": QUERY, "documents": ["a", "b"]}
 ERROR_CASES: list[tuple[str, str, Any, int, str | None, str | None]] = [
-    ("empty query", "/v1/rerank", {**BODY, "query": ""}, 400, "query", None),
-    ("missing query", "/v1/rerank", {"model": "tiny-cross-encoder", "documents": ["a"]}, 400, "query", None),
-    ("query not a string", "/v1/rerank", {**BODY, "query": 5}, 400, "query", None),
-    ("empty documents", "/v1/rerank", {**BODY, "documents": []}, 400, "documents", None),
-    (
-        "missing documents",
-        "/v2/rerank",
-        {"model": "tiny-cross-encoder", "query": "q"},
-        400,
-        "documents",
-        None,
-    ),
-    ("documents of the wrong type", "/v1/rerank", {**BODY, "documents": [1, 2]}, 400, "documents", None),
-    ("documents not a list", "/v1/rerank", {**BODY, "documents": "a"}, 400, "documents", None),
-    (
-        "document object without text",
-        "/v1/rerank",
-        {**BODY, "documents": [{"title": "a"}]},
-        400,
-        "documents",
-        None,
-    ),
-    ("top_n zero", "/v1/rerank", {**BODY, "top_n": 0}, 400, "top_n", None),
-    ("top_k negative", "/v1/rerank", {**BODY, "top_k": -1}, 400, "top_k", None),
-    ("top_n not an integer", "/v1/rerank", {**BODY, "top_n": "3"}, 400, "top_n", None),
-    (
-        "return_documents not a bool",
-        "/v1/rerank",
-        {**BODY, "return_documents": "yes"},
-        400,
-        "return_documents",
-        None,
-    ),
-    ("too many documents", "/v1/rerank", {**BODY, "documents": ["x"] * 65}, 400, "documents", None),
-    ("chat model", "/v1/rerank", {**BODY, "model": "tiny-chat"}, 400, "model", "model_type_mismatch"),
-    ("unknown model", "/v1/rerank", {**BODY, "model": "rerank-v3.5"}, 404, "model", "model_not_found"),
-    ("path as a model", "/v1/rerank", {**BODY, "model": "../tiny-chat"}, 404, "model", "model_not_found"),
     ("instruction to a cross-encoder", "/v1/rerank", {**BODY, "instruction": "x"}, 400, "instruction", None),
     (
         "instruction to MiniLM",
@@ -381,48 +343,6 @@ ERROR_CASES: list[tuple[str, str, Any, int, str | None, str | None]] = [
         "instruction",
         None,
     ),
-    ("no model and several rerankers", "/v1/rerank", {"query": "q", "documents": ["a"]}, 400, "model", None),
-    (
-        "TEI: empty query",
-        "/rerank",
-        {"model": "tiny-cross-encoder", "query": "", "texts": ["a"]},
-        400,
-        "query",
-        None,
-    ),
-    (
-        "TEI: empty texts",
-        "/rerank",
-        {"model": "tiny-cross-encoder", "query": "q", "texts": []},
-        400,
-        "texts",
-        None,
-    ),
-    (
-        "TEI: texts of the wrong type",
-        "/rerank",
-        {"model": "tiny-cross-encoder", "query": "q", "texts": [1]},
-        400,
-        "texts",
-        None,
-    ),
-    (
-        "TEI: raw_scores not a bool",
-        "/rerank",
-        {"query": "q", "texts": ["a"], "raw_scores": 2},
-        400,
-        "raw_scores",
-        None,
-    ),
-    (
-        "Cohere shape on /rerank: empty documents",
-        "/rerank",
-        {**BODY, "documents": []},
-        400,
-        "documents",
-        None,
-    ),
-    ("a list body on /rerank", "/rerank", ["a"], 400, None, None),
 ]
 
 
@@ -435,7 +355,8 @@ def test_bad_rerank_requests_get_openai_errors(
     assert_error(http.post(route, json=body), status, param, code)
 
 
-def test_reranker_models_refuse_embeddings(http: httpx.Client) -> None:
+def test_the_zoos_rerankers_refuse_embeddings(http: httpx.Client) -> None:
+    """Discovery makes them rerankers (test_validation.py checks the refusal on fakes of that kind)."""
     for model in ("Qwen3-Reranker-tiny", "st-cross-encoder"):
         assert_error(
             http.post("/v1/embeddings", json={"model": model, "input": "x"}),

@@ -119,6 +119,7 @@ def cmd_serve(settings: Settings) -> int:
     from local_llm.engines.stderr_tail import STDERR_TAIL
     from local_llm.server.app import create_app
     from local_llm.server.graceful import GracefulServer
+    from local_llm.server.http import head_cap_bytes, http_protocol
 
     # Weights are local files: never reach for a model hub at run time.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -135,6 +136,9 @@ def cmd_serve(settings: Settings) -> int:
         port=settings.port,
         log_config=None,
         access_log=settings.log_level == "debug",
+        # Heads past the header limit are answered 431 by the app; far past it, cut while they come in.
+        http=http_protocol(settings.max_request_header_bytes),
+        h11_max_incomplete_event_size=head_cap_bytes(settings.max_request_header_bytes),
         # Our own drain ends every request by LLM_SHUTDOWN_GRACE_S (plus a few seconds for the last
         # events to go out); uvicorn's limit is only a backstop behind it.
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 15,

@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     max_request_body_mb: float = Field(
         32.0, gt=0, description="Largest request body accepted, in MiB; larger bodies get 413."
     )
+    max_request_header_kb: float = Field(
+        64.0,
+        gt=0,
+        description="Largest request headers accepted (names and values together), in KiB; larger ones get "
+        "431.",
+    )
     max_inputs_per_request: int = Field(
         2048, ge=1, description="Most inputs (embedding strings or token lists) in one request."
     )
@@ -221,6 +227,10 @@ class Settings(BaseSettings):
     @property
     def max_request_body_bytes(self) -> int:
         return int(self.max_request_body_mb * 1024 * 1024)
+
+    @property
+    def max_request_header_bytes(self) -> int:
+        return int(self.max_request_header_kb * 1024)
 
     @property
     def gpu_budget_bytes(self) -> int | None:

@@ -24,6 +24,7 @@ class ErrorCategory(str, Enum):
     AUTHENTICATION = "authentication"
     NOT_FOUND = "not_found"
     TOO_LARGE = "too_large"
+    HEADERS_TOO_LARGE = "headers_too_large"
     OVERLOADED = "overloaded"
     UNAVAILABLE = "unavailable"
     INSUFFICIENT_MEMORY = "insufficient_memory"
@@ -96,12 +97,25 @@ class RequestTooLargeError(LocalLLMError):
     code = "request_too_large"
 
 
+class RequestHeadersTooLargeError(LocalLLMError):
+    category = ErrorCategory.HEADERS_TOO_LARGE
+    error_type = "invalid_request_error"
+    code = "request_header_fields_too_large"
+
+
 class QueueFullError(LocalLLMError):
     """Back-pressure, decided before any work: the caller should retry after ``retry_after_s``."""
 
     category = ErrorCategory.OVERLOADED
     error_type = "server_error"
     code = "queue_full"
+
+
+class LoadQueueFullError(QueueFullError):
+    """Too many requests wait for models to load, all models together (LLM_MAX_WAITING_REQUESTS): the
+    server, not one model, is short of room, so it is answered as unavailable (503), as documented."""
+
+    category = ErrorCategory.UNAVAILABLE
 
 
 class ShuttingDownError(LocalLLMError):

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from local_llm.protocol.keep_alive import KeepAlive
+
 # --- Messages ------------------------------------------------------------------------------------
 
 
@@ -32,7 +34,15 @@ class ContentPart(BaseModel):
         return self
 
 
+class TextContentPart(BaseModel):
+    """The only part OpenAI allows in system, developer and tool messages."""
+
+    type: Literal["text"]
+    text: str
+
+
 Content = str | list[ContentPart]
+TextContent = str | list[TextContentPart]
 
 
 class _Message(BaseModel):
@@ -43,12 +53,12 @@ class _Message(BaseModel):
 
 class SystemMessage(_Message):
     role: Literal["system"]
-    content: Content
+    content: TextContent
 
 
 class DeveloperMessage(_Message):
     role: Literal["developer"]
-    content: Content
+    content: TextContent
 
 
 class UserMessage(_Message):
@@ -78,7 +88,7 @@ class ToolMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: Literal["tool"]
-    content: Content
+    content: TextContent
     tool_call_id: str
 
 
@@ -166,9 +176,7 @@ class _Sampling(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     user: str | None = None
-    # Extension (Ollama's keep_alive, in seconds): how long the model stays loaded once idle;
-    # negative keeps it loaded, 0 unloads it as soon as it is idle. Overrides LLM_MODEL_IDLE_TTL_S.
-    keep_alive: float | None = None
+    keep_alive: KeepAlive = None
 
     @field_validator("logit_bias")
     @classmethod
@@ -191,8 +199,21 @@ class ChatCompletionRequest(_Sampling):
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
     tool_choice: ToolChoice | None = None
-    tools: list[Tool] | None = None
+    # OpenAI refuses an empty list (as vLLM does): omit the field instead.
+    tools: list[Tool] | None = Field(None, min_length=1)
     top_logprobs: int | None = Field(None, ge=0, le=20)
+
+    def engine_fields(self) -> dict[str, Any]:
+        """As the client sent it, less the message fields it set to null: OpenAI reads a null optional
+        field as absent, vLLM's message types refuse a null ``name`` (a 400 "Input should be
+        'developer'" for a valid request, found by tests/test_schema.py). ``content`` stays: null there
+        is an assistant message that only calls tools."""
+        fields = super().engine_fields()
+        fields["messages"] = [
+            {key: value for key, value in message.items() if value is not None or key == "content"}
+            for message in fields["messages"]
+        ]
+        return fields
 
 
 class CompletionRequest(_Sampling):
@@ -207,6 +228,8 @@ class CompletionRequest(_Sampling):
     def _not_empty(
         cls, value: str | list[str] | list[int] | list[list[int]]
     ) -> str | list[str] | list[int] | list[list[int]]:
+        if value == "" or (isinstance(value, list) and "" in value):
+            raise ValueError("prompt must not be an empty string")
         if isinstance(value, list) and not value:
             raise ValueError("prompt is an empty list")
         if isinstance(value, list) and any(isinstance(item, list) and not item for item in value):

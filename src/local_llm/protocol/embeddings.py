@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
+from local_llm.protocol.keep_alive import KeepAlive
+
 TokenIds = list[StrictInt]
 
 
@@ -18,9 +20,7 @@ class EmbeddingRequest(BaseModel):
         "(ids of the model's own tokenizer, used as given)."
     )
     model: StrictStr
-    # Extension (Ollama's keep_alive, in seconds): how long the model stays loaded once idle;
-    # negative keeps it loaded, 0 unloads it as soon as it is idle. Overrides LLM_MODEL_IDLE_TTL_S.
-    keep_alive: float | None = None
+    keep_alive: KeepAlive = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: StrictInt | None = Field(
         None, gt=0, description="Truncate to this many dimensions and renormalise (Matryoshka models)."

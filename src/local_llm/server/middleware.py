@@ -4,8 +4,37 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from local_llm.errors import RequestTooLargeError
+from local_llm.errors import RequestHeadersTooLargeError, RequestTooLargeError
 from local_llm.server.errors import local_error_response
+
+
+def header_bytes(scope: Scope) -> int:
+    """Bytes of the request's header names and values, as the server parsed them (no framing)."""
+    return sum(len(name) + len(value) for name, value in scope.get("headers") or ())
+
+
+class HeaderSizeLimit:
+    """Refuse requests whose headers together exceed ``max_bytes`` with 431, before any route runs.
+
+    uvicorn's httptools parser (what uvicorn[standard] runs) takes headers of any size, and h11's
+    limit answers a plain-text 400 at best; so the limit that clients see, in the API's shape, is
+    decided here. What uvicorn must not buffer at all is cut earlier (``server/http.py``).
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        size = header_bytes(scope) if scope["type"] == "http" else 0
+        if size > self.max_bytes:
+            error = RequestHeadersTooLargeError(
+                f"Request headers are {size} bytes, more than the {self.max_bytes / 1024:g} KiB accepted "
+                "(LLM_MAX_REQUEST_HEADER_KB)."
+            )
+            await local_error_response(error)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 class BodySizeLimit:

@@ -345,8 +345,13 @@ class VllmChatEngine(ChatEngine):
         return await self._run(lambda: self._completion.create_completion(vllm_request))
 
     def _to_vllm(self, request_type: Any, request: ChatCompletionRequest | CompletionRequest) -> Any:
-        """vLLM's request object for ours (already validated; vLLM checks its own extras)."""
+        """vLLM's request object for ours (already validated; vLLM checks its own extras).
+
+        vLLM's model validators raise its own client errors (VLLMValidationError), which pydantic lets
+        through unwrapped: they are the client's mistake as much as a field's type is (a 400, not 500).
+        """
         fields = {**request.engine_fields(), "model": self.spec.name}
+        _, client_errors, _ = _vllm_error_types()
         try:
             return request_type.model_validate(fields)
         except ValidationError as exc:
@@ -355,6 +360,9 @@ class VllmChatEngine(ChatEngine):
             option = str(location[0]) if location else None
             message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
             raise EngineRequestError(message, option=option) from None
+        except client_errors as exc:
+            logger.info("vLLM refused a request for %s: %s", self.spec.name, exc)
+            raise _client_error(str(exc), getattr(exc, "parameter", None)) from None
 
     async def _run(self, call: Any) -> ChatResult:
         if self._dead_cause() is not None:
@@ -368,6 +376,8 @@ class VllmChatEngine(ChatEngine):
         except client_errors as exc:
             # vLLM's own API server answers these with 400 (bad template input, token ids, lengths, ...).
             logger.info("vLLM refused a request for %s: %s", self.spec.name, exc)
+            if isinstance(exc, ValidationError):
+                raise _prompt_refused(exc) from None
             raise _client_error(str(exc), getattr(exc, "parameter", None)) from None
         if isinstance(result, error_response):
             error = result.error
@@ -453,6 +463,18 @@ def _vllm_error_types() -> tuple[type[Any], tuple[type[BaseException], ...], typ
             from vllm.entrypoints.openai.engine.protocol import ErrorResponse  # type: ignore[no-redef]
     client_error = getattr(exceptions, "VLLMClientError", exceptions.VLLMValidationError)
     return ErrorResponse, (client_error, ValueError, TypeError), dead
+
+
+def _prompt_refused(exc: ValidationError) -> EngineRequestError:
+    """vLLM validates the messages (or prompt) as it renders them: a part it cannot read (an unknown
+    content part type) raises pydantic's error, whose text is a page of every union member tried.
+    The client gets its first line, about the prompt."""
+    errors = exc.errors()
+    first = errors[0]
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    message = f"The model cannot read the prompt as sent: {first.get('msg')} at {where or 'its root'}{more}."
+    return EngineRequestError(message, subject=Subject.PROMPT)
 
 
 def _client_error(message: str, option: str | None) -> EngineRequestError:

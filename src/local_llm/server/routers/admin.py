@@ -7,10 +7,10 @@ from fastapi import APIRouter, Request, Response
 from local_llm.protocol.admin import MemoryReport, UnloadResult
 from local_llm.protocol.models import ModelCard
 from local_llm.server.cancellation import with_cancellation
-from local_llm.server.openapi import ADMIN_RESPONSES
+from local_llm.server.openapi import LIST_RESPONSES, LOAD_RESPONSES, READ_RESPONSES, UNLOAD_RESPONSES
 from local_llm.server.serving.models import ModelsService
 
-router = APIRouter(prefix="/admin", tags=["admin"], responses=ADMIN_RESPONSES)
+router = APIRouter(prefix="/admin", tags=["admin"])
 
 
 def _service(request: Request) -> ModelsService:
@@ -18,30 +18,30 @@ def _service(request: Request) -> ModelsService:
     return service
 
 
-@router.post("/models/{model_id:path}/load", response_model=ModelCard)
+@router.post("/models/{model_id:path}/load", response_model=ModelCard, responses=LOAD_RESPONSES)
 @with_cancellation
 async def load_model(model_id: str, request: Request) -> ModelCard | Response:
     return await _service(request).load(model_id)
 
 
-@router.post("/models/{model_id:path}/unload", response_model=UnloadResult)
+@router.post("/models/{model_id:path}/unload", response_model=UnloadResult, responses=UNLOAD_RESPONSES)
 @with_cancellation
 async def unload_model(model_id: str, request: Request) -> UnloadResult | Response:
     return await _service(request).unload(model_id)
 
 
-@router.post("/models/{model_id:path}/pin", response_model=ModelCard)
+@router.post("/models/{model_id:path}/pin", response_model=ModelCard, responses=READ_RESPONSES)
 @with_cancellation
 async def pin_model(model_id: str, request: Request) -> ModelCard | Response:
     return _service(request).pin(model_id, pinned=True)
 
 
-@router.post("/models/{model_id:path}/unpin", response_model=ModelCard)
+@router.post("/models/{model_id:path}/unpin", response_model=ModelCard, responses=READ_RESPONSES)
 @with_cancellation
 async def unpin_model(model_id: str, request: Request) -> ModelCard | Response:
     return _service(request).pin(model_id, pinned=False)
 
 
-@router.get("/memory", response_model=MemoryReport)
+@router.get("/memory", response_model=MemoryReport, responses=LIST_RESPONSES)
 async def memory(request: Request) -> MemoryReport:
     return await _service(request).memory()

@@ -10,23 +10,24 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from local_llm.manager import ModelState
+from local_llm.protocol.health import HealthReport
+from local_llm.server.openapi import HEALTH_RESPONSES
 from local_llm.server.serving.base import Admission
 from local_llm.server.serving.models import ModelsService
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health")
+@router.get("/health", response_model=HealthReport, responses=HEALTH_RESPONSES)
 async def health(request: Request) -> JSONResponse:
     models: ModelsService = request.app.state.models
     admission: Admission = request.app.state.admission
     cards = models.list().data
     failed = {card.id: card.error or "unknown" for card in cards if card.state is ModelState.FAILED}
-    status = "shutting_down" if admission.closing else ("degraded" if failed else "ok")
-    body = {
-        "status": status,
-        "models": len(cards),
-        "loaded": [card.id for card in cards if card.state is ModelState.LOADED],
-        "failed": failed,
-    }
-    return JSONResponse(body, status_code=503 if admission.closing else 200)
+    report = HealthReport(
+        status="shutting_down" if admission.closing else ("degraded" if failed else "ok"),
+        models=len(cards),
+        loaded=[card.id for card in cards if card.state is ModelState.LOADED],
+        failed=failed,
+    )
+    return JSONResponse(report.model_dump(), status_code=503 if admission.closing else 200)

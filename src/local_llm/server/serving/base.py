@@ -34,6 +34,7 @@ from local_llm.errors import (
     InputTooLongError,
     InternalError,
     InvalidRequestError,
+    LoadQueueFullError,
     LocalLLMError,
     ModelTypeMismatchError,
     QueueFullError,
@@ -114,7 +115,7 @@ class Admission:
                 retry_after_s=1,
             )
         if not self._manager.ready(model) and self._manager.waiting() >= settings.max_waiting_requests:
-            raise QueueFullError(
+            raise LoadQueueFullError(
                 f"{self._manager.waiting()} requests are already waiting for models to load "
                 "(LLM_MAX_WAITING_REQUESTS); try again shortly.",
                 retry_after_s=5,
