@@ -250,7 +250,9 @@ class EngineEffects:
     # --- memory ---------------------------------------------------------------------------------------------
     def overhead_ram(self, in_process_shares: Mapping[str, int]) -> int:
         """The server's own RAM beyond its models': the process tree's RSS less each engine's share,
-        its processes' RSS or, in this process, ``in_process_shares`` (blocking)."""
+        its processes' RSS or, in this process, ``in_process_shares`` (blocking). Freed heap is handed
+        back first, so that what a finished request's activations left to glibc does not count."""
+        _give_freed_memory_back()
         models = sum(processes_rss(set(e.process_ids)) for e in self.engines.values() if not e.in_process)
         models += sum(in_process_shares.values())
         return max(process_tree_rss() - models, 0)

@@ -286,17 +286,19 @@ class ModelManager:
     async def measure_overhead(self) -> None:
         """Measure the server's own RAM beyond its models' and let the budget follow it.
 
-        Each engine's share is what it holds: its own processes' RSS (vLLM), or what the ledger holds
-        for an in-process model (its estimate covers its activations, or more where it was measured to
-        hold more). Taken only while no engine loads or stops (each share is then known), and
-        reported as the least reading of the last half minute, so that transient allocations of
-        requests in flight do not pass for the server's own.
+        Each engine's share is what it holds: its own processes' RSS (vLLM), or for an in-process
+        model what it was measured to hold when it loaded (the RSS it added), not its ledger estimate:
+        an estimate above the real cost would pass for the server's footprint shrinking, and the least
+        reading would then hold room that is not there for half a minute after the model went. Taken
+        only while no engine loads or stops (each share is then known), and reported as the least
+        reading of the last half minute, so that transient allocations of requests in flight do not
+        pass for the server's own.
         """
         if self.effects.busy:
             return
         self._last_overhead_probe = now = time.time()
         held = {
-            name: self.scheduler.records[name].held().ram_bytes
+            name: self._in_process_share(name)
             for name, engine in self.effects.engines.items()
             if engine.in_process
         }
@@ -307,6 +309,10 @@ class ModelManager:
         while self._overhead_readings[0][0] < now - _OVERHEAD_WINDOW_S:
             self._overhead_readings.popleft()
         self.scheduler.measured_overhead(min(r for _, r in self._overhead_readings), now)
+
+    def _in_process_share(self, name: str) -> int:
+        record = self.scheduler.records[name]
+        return record.measured.ram_bytes if record.measured is not None else record.held().ram_bytes
 
     def _settled(self) -> None:
         """Every bring-up and take-down has ended: measure again (after every load, wake, park and
