@@ -1,5 +1,5 @@
 # The two commands README.md opens with. Each sets up .venv first (a no-op when it is current).
-.PHONY: setup serve test lint bench-embeddings bench-rerank bench-chat
+.PHONY: setup serve test lint bench-embeddings bench-rerank bench-chat bench-soak
 
 setup:
 	@bash scripts/setup.sh
@@ -23,3 +23,7 @@ bench-rerank: setup
 
 bench-chat: setup
 	.venv/bin/python benchmarks/chat.py
+
+# Ten minutes of mixed load under a RAM budget that forces swaps, with faults (benchmarks/soak.py).
+bench-soak: setup
+	.venv/bin/python benchmarks/soak.py

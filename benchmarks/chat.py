@@ -1,8 +1,11 @@
 """Chat serving: our server against bare vLLM on the same model and engine settings, in one run.
 
 Both servers run the same model folder with the same vLLM engine arguments (dtype, context length,
-KV-cache space or GPU memory fraction, eager or compiled) and the same vLLM environment (threads
-bound to every core). Each is started, warmed up, driven, and stopped before the other starts, so
+KV-cache space, eager or compiled) and the same vLLM environment (threads bound to every core). The
+KV cache is given in bytes to both on either device: our server sizes it so (``--vllm-kv-cache-gb``)
+and computes vLLM's ``gpu_memory_utilization`` from its own plan, so bare vLLM gets the same bytes
+(``--kv-cache-memory-bytes``), and ``--gpu-memory-utilization`` is only what bare vLLM checks is free
+at start. Each is started, warmed up, driven, and stopped before the other starts, so
 they never share the machine. The load: C concurrent clients, each sending streamed chat requests
 one after another (``ignore_eos`` and a fixed ``max_tokens``, so every answer has the same length),
 timing the first token (TTFT), the gaps between tokens (ITL) and the output tokens per second.
@@ -156,13 +159,8 @@ class EngineSettings:
     gpu_memory_utilization: float
 
     def describe(self) -> str:
-        memory = (
-            f"gpu_memory_utilization {self.gpu_memory_utilization}"
-            if self.gpu
-            else f"KV cache {self.kv_cache_gb:g} GiB"
-        )
         mode = "eager" if self.eager else "compiled"
-        return f"{self.dtype}, max_model_len {self.max_model_len}, {mode}, {memory}"
+        return f"{self.dtype}, max_model_len {self.max_model_len}, {mode}, KV cache {self.kv_cache_gb:g} GiB"
 
 
 def vllm_argv(folder: Path, port: int, engine: EngineSettings) -> list[str]:
@@ -174,10 +172,9 @@ def vllm_argv(folder: Path, port: int, engine: EngineSettings) -> list[str]:
     ]  # fmt: skip
     if engine.eager:
         argv.append("--enforce-eager")
+    argv += ["--kv-cache-memory-bytes", str(int(engine.kv_cache_gb * 2**30))]
     if engine.gpu:
         argv += ["--gpu-memory-utilization", str(engine.gpu_memory_utilization)]
-    else:
-        argv += ["--kv-cache-memory-bytes", str(int(engine.kv_cache_gb * 2**30))]
     return argv
 
 
@@ -187,7 +184,6 @@ def our_argv(models_dir: Path, port: int, engine: EngineSettings) -> list[str]:
         "--no-bundled-models", "--data-dir", str(DATA_DIR), "--log-level", "warning",
         "--vllm-dtype", engine.dtype, "--vllm-max-model-len", str(engine.max_model_len),
         "--vllm-kv-cache-gb", str(engine.kv_cache_gb),
-        "--gpu-memory-utilization", str(engine.gpu_memory_utilization),
     ]  # fmt: skip
     if engine.eager:
         argv.append("--vllm-enforce-eager")
@@ -302,11 +298,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-model-len", type=int, default=2048)
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--eager", action="store_true", help="both servers without compilation")
-    parser.add_argument("--kv-cache-gb", type=float, default=1.0, help="CPU only")
+    parser.add_argument("--kv-cache-gb", type=float, default=1.0, help="KV cache of both servers, GiB")
+    parser.add_argument("--gpu", action="store_true", help="a GPU machine")
     parser.add_argument(
-        "--gpu", action="store_true", help="a GPU machine: size the KV cache by memory fraction"
+        "--gpu-memory-utilization",
+        type=float,
+        default=0.85,
+        help="with --gpu: the fraction bare vLLM checks is free at start (ours computes its own)",
     )
-    parser.add_argument("--gpu-memory-utilization", type=float, default=0.85)
     parser.add_argument("--port-base", type=int, default=18600)
     parser.add_argument("--write-docs", action="store_true")
     parser.add_argument("--docs-title", default="Chat: our server vs bare vLLM (CPU)")

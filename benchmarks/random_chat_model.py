@@ -22,6 +22,9 @@ SHAPES: dict[str, dict[str, int | float | bool]] = {
                      "num_attention_heads": 12, "num_key_value_heads": 2, "tie_word_embeddings": True},
     "qwen2.5-7b": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
                    "num_attention_heads": 28, "num_key_value_heads": 4, "tie_word_embeddings": False},
+    # No real model's: two layers, for a smoke run of this script in seconds.
+    "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+             "num_attention_heads": 2, "num_key_value_heads": 1, "tie_word_embeddings": True},
 }  # fmt: skip
 
 

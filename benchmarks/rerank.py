@@ -15,7 +15,11 @@ Run from the repository root (on a shared machine, under the benchmark lock)::
 3. The LLM reranker: a random Qwen3ForCausalLM with Qwen3-Reranker-0.6B's body (28 layers, hidden
    1024, 16 heads, 8 KV heads) and all-MiniLM-L6-v2's WordPiece tokenizer plus Qwen3's chat tokens
    (its token counts are close to Qwen3's on this text), through our server only (infinity-emb does
-   not run Qwen3-Reranker as published).
+   not run Qwen3-Reranker as published). ``--llm-shape tiny`` builds a 2-layer one instead, for a
+   smoke run of the command in seconds (its figures mean nothing).
+
+infinity-emb's venv is built when missing (``--no-build-infinity``: used only if already built);
+where it cannot be had, its row is left out with the reason printed.
 """
 
 from __future__ import annotations
@@ -41,24 +45,22 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from corpus import build_corpus
 from embeddings import (
-    OUR_SERVER,
     CpuMeter,
     Result,
     _interrupt,
-    ensure_infinity_venv,
     fmt,
+    infinity_python,
     infinity_versions,
     machine_line,
     model_folder,
     wait_for_quiet,
 )
-from harness import child_env, running_server, write_docs
+from harness import child_env, running_server, serve_argv, write_docs
 from model_zoo import QWEN3_SPECIAL_TOKENS, build_qwen3_reranker
 
 DOCS_START = "<!-- benchmarks/rerank.py:start -->"
 DOCS_END = "<!-- benchmarks/rerank.py:end -->"
 CROSS_ENCODER = "minilm-cross-encoder"
-LLM_RERANKER = "Qwen3-Reranker-0.6B-shape"
 GOAL_VS_INFINITY = 1.2
 # Qwen3-Reranker-0.6B's config, less its 151k-token vocabulary.
 QWEN3_0_6B_BODY = {
@@ -69,6 +71,22 @@ QWEN3_0_6B_BODY = {
     "num_key_value_heads": 8,
     "head_dim": 128,
     "max_position_embeddings": 40960,
+}
+
+
+@dataclass(frozen=True)
+class LlmShape:
+    """The LLM reranker's body: its served name, what the docs call it, and its config (beyond
+    the tokenizer's vocabulary); empty means model_zoo's tiny default."""
+
+    name: str
+    description: str
+    config: dict[str, int]
+
+
+LLM_SHAPES = {
+    "0.6b": LlmShape("Qwen3-Reranker-0.6B-shape", "Qwen3-Reranker-0.6B's body", QWEN3_0_6B_BODY),
+    "tiny": LlmShape("Qwen3-Reranker-tiny-shape", "a 2-layer, 64-wide Qwen3 body (a smoke run)", {}),
 }
 
 
@@ -214,7 +232,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32, help="both servers' largest batch (default 32)")
     parser.add_argument("--quiet-wait", type=float, default=60.0, metavar="SECONDS")
     parser.add_argument("--skip-infinity", action="store_true")
+    parser.add_argument(
+        "--no-build-infinity",
+        action="store_true",
+        help="use infinity-emb only if its venv is already built (default: build it when missing)",
+    )
     parser.add_argument("--skip-llm", action="store_true")
+    parser.add_argument(
+        "--llm-shape",
+        choices=sorted(LLM_SHAPES),
+        default="0.6b",
+        help="the LLM reranker's body (default 0.6b)",
+    )
     parser.add_argument(
         "--write-docs", action="store_true", help="write the Rerank section of docs/benchmarks.md"
     )
@@ -226,8 +255,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
     os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    if not OUR_SERVER.exists():
-        raise SystemExit(f"{OUR_SERVER} is missing: run `bash scripts/setup.sh` first")
     command = shlex.join([".venv/bin/python", "benchmarks/rerank.py", *sys.argv[1:]])
     load = Load(args.clients, args.documents, args.requests, args.quiet_wait)
     corpus = build_corpus(2048)
@@ -252,12 +279,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     del reference_model
 
-    inf_python = None if args.skip_infinity else ensure_infinity_venv()
-    ours_argv = [str(OUR_SERVER), "serve", "--port", str(args.port_base), "--models-dir", str(models)]
-    ours_argv += ["--no-bundled-models", "--embedding-batch-size", str(args.batch_size)]
+    inf_python = None if args.skip_infinity else infinity_python(build=not args.no_build_infinity)
+    our_flags = (
+        "--models-dir",
+        str(models),
+        "--no-bundled-models",
+        "--embedding-batch-size",
+        str(args.batch_size),
+    )
     ours_run = serve_and_drive(
         "our server (local-llm serve)",
-        ours_argv,
+        serve_argv(args.port_base, *our_flags),
         args.port_base,
         scratch / "ours.log",
         CROSS_ENCODER,
@@ -284,20 +316,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         report(*rows[-1])
 
     llm: Run | None = None
+    shape = LLM_SHAPES[args.llm_shape]
     if not args.skip_llm:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(model_folder()))
         tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN3_SPECIAL_TOKENS)})
-        build_qwen3_reranker(models / LLM_RERANKER, tokenizer, **QWEN3_0_6B_BODY)
+        build_qwen3_reranker(models / shape.name, tokenizer, **shape.config)
         llm_load = Load(
             min(args.clients, args.llm_requests), args.llm_documents, args.llm_requests, args.quiet_wait, 1
         )
         llm_work = requests_of(corpus, queries, llm_load)
         port = args.port_base + 2
-        llm_argv = [*ours_argv[:3], str(port), *ours_argv[4:]]
+        llm_argv = serve_argv(port, *our_flags)
         llm = serve_and_drive(
-            "our server, LLM reranker", llm_argv, port, scratch / "llm.log", LLM_RERANKER, llm_work, llm_load
+            "our server, LLM reranker", llm_argv, port, scratch / "llm.log", shape.name, llm_work, llm_load
         )
         report(llm.result, None)
 
@@ -309,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         verdict = f"ours / infinity-emb = {ratio:.2f} (goal ≥ {GOAL_VS_INFINITY}: {met})"
     machine = machine_line(infinity_versions(inf_python) if inf_python else None)
     llm_line = (
-        f"LLM reranker ({LLM_RERANKER}: Qwen3-Reranker-0.6B's body, random weights, float32, "
+        f"LLM reranker ({shape.name}: {shape.description}, random weights, float32, "
         f"{llm_load.clients} concurrent clients × {args.llm_documents} documents, "
         f"{args.llm_requests} requests): "
         f"{llm.result.per_second:.2f} pairs/s, p50 {fmt(llm.result.percentile_ms(50))} ms, "

@@ -10,16 +10,23 @@ the server therefore sets (src/local_llm/engines/vllm_environment.py).
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import time
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("folder", help="a chat model folder")
+    parser.add_argument("engine_args", type=json.loads, help="extra vLLM LLM(...) arguments, as JSON")
+    args = parser.parse_args()
+
     import pynvml
     from vllm import LLM, SamplingParams
 
-    folder, extra = sys.argv[1], json.loads(sys.argv[2])
+    folder, extra = args.folder, args.engine_args
     pynvml.nvmlInit()
     handle = pynvml.nvmlDeviceGetHandleByIndex(0)
     before = pynvml.nvmlDeviceGetMemoryInfo(handle).used
