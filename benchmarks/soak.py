@@ -27,8 +27,8 @@ embeddings and, as a bi-encoder, for rerank):
    and vLLM's engine process (``VLLM::EngineCore``, a child of the server) is SIGKILLed: once a
    stream flows through it, if one does within half an interval, else as soon as it runs at all
    (the chat model may be swapped out), never while it loads; a fault that finds no loaded engine
-   before the next one is due counts as none (the load goes on past ``--duration-s`` until the last
-   fault has had its interval).
+   within two intervals counts as none. A late kill delays the next fault, and the last one keeps
+   the load going past ``--duration-s`` while it waits.
 4. Once the load has ended, each model answers once more (the end figures are taken then) and every
    model must show no request in flight.
 
@@ -432,13 +432,15 @@ async def kill_engine(load: Load, server_pid: int, fault: Fault, flowing_within:
 async def inject_faults(load: Load, server_pid: int, every_s: float, drops: int, until: float) -> None:
     """Every ``every_s`` before ``until``: ``drops`` clients go away mid-request, and the engine dies.
 
-    Each kill may wait up to an interval for a loaded engine (the chat model may be swapped out),
-    the last one too: the load goes on past ``until`` for as long (``load.faults_done``)."""
+    A kill may wait up to two intervals for a loaded engine (the chat model is swapped out most of
+    the time under this budget); the next fault is then due half an interval after it at the
+    soonest, and the last one keeps the load going past ``until`` for as long as it waits
+    (``load.faults_done``)."""
     turn = 0
-    started = time.monotonic()
+    at = time.monotonic() + every_s
     pending: set[asyncio.Task[None]] = set()
     try:
-        while (at := started + every_s * (len(load.run.faults) + 1)) < until:
+        while at < until:
             await asyncio.sleep(max(0.0, at - time.monotonic()))
             fault = Fault(at)
             load.run.faults.append(fault)
@@ -450,7 +452,8 @@ async def inject_faults(load: Load, server_pid: int, every_s: float, drops: int,
                 )
                 pending.add(asyncio.ensure_future(drop))
                 turn += 1
-            await kill_engine(load, server_pid, fault, every_s / 2, at + every_s)
+            await kill_engine(load, server_pid, fault, every_s / 2, at + 2 * every_s)
+            at = max(at + every_s, time.monotonic() + every_s / 2)
     finally:
         load.faults_done.set()
     await asyncio.gather(*pending)
