@@ -197,13 +197,14 @@ class Calibration:
 
     def one_at_a_time(self) -> int:
         """RAM for models that holds the largest alone and not beside another: its need plus half of
-        what the smallest grew the tree by.
+        the smallest need.
 
-        Why what it grew by, not its need: the server counts an in-process model (an embedder) at its
-        estimate, but measures its own footprint as the tree's RSS less that, so what keeps two
-        models apart is the tree's real growth, and for an embedder that is well under its estimate.
+        Why needs and not what the tree grew by: the server counts each model at what its ledger holds
+        (an in-process embedder at its estimate, which is well above what it adds to the RSS) and
+        reads its own footprint as the tree's RSS less what each model really added, so two models
+        fit together when their ledger needs do.
         """
-        return max(self.needs.values()) + min(self.grew.values()) // 2
+        return max(self.needs.values()) + min(self.needs.values()) // 2
 
     def describe(self) -> str:
         parts = ", ".join(

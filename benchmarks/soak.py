@@ -9,15 +9,15 @@ embeddings and, as a bi-encoder, for rerank):
 1. A calibration start (no budget) loads each model once and measures what the server itself holds
    (``server_overhead_bytes``, and the process tree's RSS with nothing loaded) and what each model
    takes (harness.calibrate). The budget is then the server's own footprint, plus the chat model's
-   need, plus half of what the embedder grows the tree by: the chat model fits alone, the embedder
-   fits alone, the two do not fit together, so traffic to both swaps them all the time. It is
-   printed, with its parts; ``--ram-budget-gb`` sets it instead.
+   need, plus half the embedder's: the chat model fits alone, the embedder fits alone, the two do not
+   fit together, so traffic to both swaps them all the time. It is printed, with its parts;
+   ``--ram-budget-gb`` sets it instead.
 
-   Why the embedder's growth and not its estimate: the server counts an in-process model at its
-   ledger estimate (MiniLM: 407 MiB) but measures its own footprint as the tree's RSS less that, so
-   the two together cost what the tree really holds, and MiniLM adds about 87 MiB to it. The margin
-   is therefore thin (half that): a server whose own footprint grows by more than the margin over
-   the run can no longer load the chat model, and the soak reports its requests as hung.
+   The ledger counts MiniLM at its estimate (407 MiB, activations included) while it adds about 87 MiB
+   to the tree's RSS, and the server reads its own footprint as the tree's RSS less what each model
+   really added: the chat model alone has half the embedder's need to spare for the server's own
+   footprint to grow over the run. Past that it can no longer load the chat model, and the soak
+   reports its requests as hung.
 2. The measured server starts with that LLM_AVAILABLE_RAM_GB; each model answers once (the start
    figures are taken then), and ``--duration-s`` of load follows: ``--chat-clients`` streaming chat
    requests, ``--embedding-clients`` embedding requests and ``--rerank-clients`` rerank requests,
@@ -553,15 +553,15 @@ class BudgetChoice:
 
 
 def choose_budget(calibration: Calibration, models: Models) -> BudgetChoice:
-    """The server's own footprint + the chat model's need + half of what the embedder grows the tree
-    by: either model fits alone, the two do not fit together (see Calibration.one_at_a_time)."""
+    """The server's own footprint + the chat model's need + half of the embedder's: either model fits
+    alone, the two do not fit together (see Calibration.one_at_a_time)."""
     chat = calibration.needs[models.chat]
-    embedder_grew = calibration.grew[models.embedding]
-    total = calibration.overhead_bytes + chat + embedder_grew // 2
+    embedder = calibration.needs[models.embedding]
+    total = calibration.overhead_bytes + chat + embedder // 2
     why = (
         f"the server's own {calibration.overhead_bytes / MIB:,.0f} MiB + {models.chat}'s "
-        f"{chat / MIB:,.0f} MiB + half of the {embedder_grew / MIB:,.0f} MiB {models.embedding} grows the "
-        f"process tree by (its ledger estimate: {calibration.needs[models.embedding] / MIB:,.0f} MiB)"
+        f"{chat / MIB:,.0f} MiB + half of {models.embedding}'s {embedder / MIB:,.0f} MiB (it grows the "
+        f"process tree by {calibration.grew[models.embedding] / MIB:,.0f} MiB)"
     )
     return BudgetChoice(total, why)
 
