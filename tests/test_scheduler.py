@@ -72,6 +72,7 @@ class Rig:
         pinned: tuple[str, ...] = (),
         ttl: dict[str, float] | None = None,
         max_models: int | None = None,
+        overhead_measured: bool = True,
         **rules: object,
     ) -> None:
         self.sizes = sizes
@@ -80,7 +81,14 @@ class Rig:
             ram_bytes=int(ram_gb * G), gpu_bytes=int(gpu_gb * G) if gpu_gb else None, max_models=max_models
         )
         entries = [ModelEntry(name, name in pinned, (ttl or {}).get(name)) for name in sizes]
-        self.scheduler = Scheduler(entries, budget, self.plan, self.effects, Rules(**rules))  # type: ignore[arg-type]
+        self.scheduler = Scheduler(
+            entries,
+            budget,
+            self.plan,
+            self.effects,
+            Rules(**rules),  # type: ignore[arg-type]
+            overhead_measured=overhead_measured,
+        )
         self.seq = 0
         self.now = 1000.0
 
@@ -314,6 +322,25 @@ def test_the_servers_own_footprint_counts_against_the_ram_budget() -> None:
     rig.scheduler.measured_overhead(3 * G, rig.now)  # 4 + 4 + 3 > 10
     assert rig.effects.take() == [("stop", "a")]
     assert rig.scheduler.budget.ram_bytes == 7 * G
+
+
+def test_nothing_is_brought_up_before_the_servers_own_footprint_is_measured() -> None:
+    """At start the server holds a fraction of what it will once its engine libraries are in: a budget
+    less that guess admitted three models where one fitted (CI). Requests wait for the measurement,
+    which then decides what fits."""
+    rig = Rig({"chat": 5, "embed": 2}, overhead_measured=False)
+    chat, embed = rig.ask("chat"), rig.ask("embed")
+    assert rig.effects.take() == []
+    why = rig.scheduler.withdraw(embed, rig.now)
+    assert "engine libraries" in why
+    embed = rig.ask("embed")
+    rig.scheduler.measured_overhead(4 * G, rig.now)  # 6 GiB for models: chat first, embed after it
+    assert [call[:2] for call in rig.effects.take()] == [("load", "chat")]
+    rig.up("chat")
+    assert rig.effects.granted == [chat.seq]
+    rig.done("chat")
+    assert [call[:2] for call in rig.effects.take()] == [("stop", "chat"), ("load", "embed")]
+    assert embed.seq not in rig.effects.refused
 
 
 # --- pins, time to live, operators ------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -140,15 +141,21 @@ def test_a_minute_of_mixed_requests_keeps_the_process_tree_within_its_ram_budget
     tight_server: RunningServer,
 ) -> None:
     """Chat, embedding and reranker requests at once for 60 s, under LLM_AVAILABLE_RAM_GB set for one
-    model at a time: all answered, the ledger within what models may hold, and the whole process tree
-    (the server, its engines' processes) within the budget + 10% as measured from outside."""
+    model at a time: all answered, the whole process tree (the server, its engines' processes) within
+    the budget + 10% as measured from outside, and the ledger within what models may hold, but for
+    short stretches: a measurement that finds the server's own footprint grown (vLLM's front end, a
+    batch's activations) can put models in use over it, and they go once idle (they drain if others
+    wait), so no stretch may outlast a request and a swap."""
     api = tight_server.api
     tree_budget = tight_server.budget_bytes  # type: ignore[attr-defined]
 
-    async def scenario() -> tuple[dict[str, int], list[str], int, int]:
+    async def scenario() -> tuple[dict[str, int], list[str], int, int, float, dict[str, Any]]:
         done = {kind: 0 for kind in MIXED}
         failures: list[str] = []
         ledger_peak = tree_peak = 0
+        over_since: float | None = None
+        longest_over_s = 0.0
+        memory: dict[str, Any] = {}
         deadline = time.monotonic() + 60
 
         async def client(seed: int) -> None:
@@ -164,22 +171,29 @@ def test_a_minute_of_mixed_requests_keeps_the_process_tree_within_its_ram_budget
                         done[kind] += 1
 
         async def watch() -> None:
-            nonlocal ledger_peak, tree_peak
+            nonlocal ledger_peak, tree_peak, over_since, longest_over_s, memory
             async with httpx.AsyncClient(base_url=tight_server.base_url, timeout=30) as http:
                 while time.monotonic() < deadline + 5:
                     memory = (await http.get("/admin/memory")).json()
-                    assert memory["ram"]["reserved_bytes"] <= memory["ram"]["budget_bytes"], memory
+                    now = time.monotonic()
+                    if memory["ram"]["reserved_bytes"] > memory["ram"]["budget_bytes"]:
+                        over_since = now if over_since is None else over_since
+                        longest_over_s = max(longest_over_s, now - over_since)
+                    else:
+                        over_since = None
                     ledger_peak = max(ledger_peak, memory["ram"]["reserved_bytes"])
                     tree_peak = max(tree_peak, process_tree_rss(tight_server.process.pid))
                     await asyncio.sleep(0.1)
 
         await asyncio.gather(watch(), *(client(seed) for seed in range(6)))
-        return done, failures, ledger_peak, tree_peak
+        return done, failures, ledger_peak, tree_peak, longest_over_s, memory
 
-    done, failures, ledger_peak, tree_peak = asyncio.run(scenario())
+    done, failures, ledger_peak, tree_peak, longest_over_s, memory = asyncio.run(scenario())
     assert failures == []
     assert all(count > 0 for count in done.values()), done
     assert ledger_peak > 0
+    assert memory["ram"]["reserved_bytes"] <= memory["ram"]["budget_bytes"], memory  # once the load ended
+    assert longest_over_s <= 20, f"the ledger stayed over the budget for {longest_over_s:.1f}s"
     assert tree_peak <= 1.1 * tree_budget, (
         f"{tree_peak / 2**20:.0f} MiB over {tree_budget / 2**20:.0f} MiB + 10%"
     )

@@ -146,6 +146,7 @@ class ModelManager:
                 idle_ttl_s=settings.model_idle_ttl_s,
                 retry_backoff_s=settings.load_retry_backoff_s,
             ),
+            overhead_measured=False,
         )
         self.effects.scheduler = self.scheduler
         self.scheduler.overhead_ram_bytes = snapshot.ram_used_by_us_bytes
@@ -153,6 +154,7 @@ class ModelManager:
         self._tickets = itertools.count()
         self._background: set[asyncio.Task[None]] = set()
         self._last_overhead_probe = 0.0
+        self._libraries_imported = False
         self._overhead_readings: deque[tuple[float, int]] = deque()
 
     def _budget(self, snapshot: DeviceSnapshot) -> Budget:
@@ -294,7 +296,7 @@ class ModelManager:
         reading of the last half minute, so that transient allocations of requests in flight do not
         pass for the server's own.
         """
-        if self.effects.busy:
+        if self.effects.busy or not self._libraries_imported:
             return
         self._last_overhead_probe = now = time.time()
         held = {
@@ -309,6 +311,12 @@ class ModelManager:
         while self._overhead_readings[0][0] < now - _OVERHEAD_WINDOW_S:
             self._overhead_readings.popleft()
         self.scheduler.measured_overhead(min(r for _, r in self._overhead_readings), now)
+
+    async def libraries_imported(self) -> None:
+        """The engine libraries are in (or failed to import): the server's own footprint is measured
+        from now on, and the first measurement lets bring-ups start."""
+        self._libraries_imported = True
+        await self.measure_overhead()
 
     def _in_process_share(self, name: str) -> int:
         record = self.scheduler.records[name]

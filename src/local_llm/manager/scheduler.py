@@ -220,6 +220,8 @@ class Scheduler:
         planner: Planner,
         effects: Effects,
         rules: Rules | None = None,
+        *,
+        overhead_measured: bool = True,
     ) -> None:
         self.records = {m.name: ModelRecord(m.name, pinned=m.pinned, idle_ttl_s=m.idle_ttl_s) for m in models}
         self._base_budget = budget
@@ -231,6 +233,11 @@ class Scheduler:
         # The least of those readings: what "could this model ever fit" is judged by, so a reading
         # taken while requests ran (their activations counted in) makes a model wait, never refused.
         self.overhead_floor_bytes: int | None = None
+        # False until the server's own footprint has been measured once with its engine libraries
+        # imported: until then nothing is brought up, as a budget less a guess of it could admit
+        # models that do not fit (a server at start holds a fraction of what it holds once torch
+        # and vLLM are in).
+        self.overhead_measured = overhead_measured
         self.closing = False
 
     # --- what others read ------------------------------------------------------------------------
@@ -373,6 +380,7 @@ class Scheduler:
         if abs(ram_bytes - self.overhead_ram_bytes) >= 16 * 2**20:
             logger.info("the server itself holds %s of RAM beyond its models", mib(ram_bytes))
         self.overhead_ram_bytes = ram_bytes
+        self.overhead_measured = True
         floor = self.overhead_floor_bytes
         self.overhead_floor_bytes = ram_bytes if floor is None else min(floor, ram_bytes)
         self._advance(now)
@@ -440,6 +448,8 @@ class Scheduler:
             return
         if record.phase not in (Phase.IDLE, Phase.PARKED):
             return  # a bring-up or take-down is under way; its end comes back here
+        if not self.overhead_measured:
+            return  # the first measurement of the server's own footprint comes back here
         failure = record.failure
         if failure is not None and now < failure.retry_at:
             self._refuse_all(record, self._backing_off(record.name, failure, now))
@@ -628,6 +638,8 @@ class Scheduler:
             return "is still loading"
         if record.phase in (Phase.STOPPING, Phase.PARKING):
             return "is being taken down and will load again after"
+        if not self.overhead_measured:
+            return "is waiting for the server's engine libraries to be imported (its memory is measured then)"
         return "is waiting for memory to load in (models in use hold it)"
 
     @staticmethod

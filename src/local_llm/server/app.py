@@ -106,11 +106,15 @@ def create_app(
 async def prepare(
     registry: ModelRegistry, settings: Settings, manager: ModelManager, *, preload: bool = True
 ) -> None:
-    """Import the engine libraries (when ``preload``), then every GGUF model once (later starts find the
-    folders ready; failures wait for a request), then measure what the server itself holds with them
-    imported."""
+    """Import the engine libraries (when ``preload``) and measure what the server itself holds with
+    them in (no model is brought up before), then import every GGUF model once (later starts find the
+    folders ready; failures wait for a request), and measure again."""
     if preload:
-        await asyncio.to_thread(preload_backends, (m.kind for m in registry.models))
+        try:
+            await asyncio.to_thread(preload_backends, (m.kind for m in registry.models))
+        except Exception:
+            logger.exception("importing the engine libraries failed; each load imports what it needs")
+    await manager.libraries_imported()
     for spec in registry.models:
         if spec.weight_format is WeightFormat.GGUF:
             try:
