@@ -121,7 +121,11 @@ class ModelManager:
         device_probe: DeviceProbe = probe_devices,
         need_estimator: NeedEstimator | None = None,
         reaper: ProcessReaper | None = None,
+        libraries_pending: bool = False,
     ) -> None:
+        """``libraries_pending``: the engine libraries are still to be imported (the app imports them
+        in the background at start); no model is brought up until ``libraries_imported`` has measured
+        the server's own footprint with them in."""
         self.registry = registry
         self._settings = settings
         self._probe = device_probe
@@ -146,7 +150,7 @@ class ModelManager:
                 idle_ttl_s=settings.model_idle_ttl_s,
                 retry_backoff_s=settings.load_retry_backoff_s,
             ),
-            overhead_measured=False,
+            overhead_measured=not libraries_pending,
         )
         self.effects.scheduler = self.scheduler
         self.scheduler.overhead_ram_bytes = snapshot.ram_used_by_us_bytes
@@ -154,7 +158,7 @@ class ModelManager:
         self._tickets = itertools.count()
         self._background: set[asyncio.Task[None]] = set()
         self._last_overhead_probe = 0.0
-        self._libraries_imported = False
+        self._libraries_imported = not libraries_pending
         self._overhead_readings: deque[tuple[float, int]] = deque()
 
     def _budget(self, snapshot: DeviceSnapshot) -> Budget:

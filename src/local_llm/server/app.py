@@ -64,6 +64,7 @@ def create_app(
         settings,
         engine_factory=engine_factory or create_engine,
         reaper=ProcessReaper() if reap_processes else None,
+        libraries_pending=True,
     )
     preload = engine_factory is None
 
