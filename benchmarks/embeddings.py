@@ -45,7 +45,6 @@ import platform
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -54,7 +53,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from types import FrameType
 
 import httpx
 import numpy as np
@@ -67,6 +65,7 @@ from harness import (
     child_env,
     cpu_model,
     ram_gib,
+    run_main,
     running_server,
     serve_argv,
     version,
@@ -624,14 +623,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM ends the run like Ctrl-C, so the finally blocks stop the servers."""
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     command = shlex.join([".venv/bin/python", "benchmarks/embeddings.py", *sys.argv[1:]])
@@ -765,13 +758,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _run() -> int:
-    try:
-        return main()
-    except KeyboardInterrupt:
-        print("\ninterrupted; servers stopped", file=sys.stderr)
-        return 130
-
-
 if __name__ == "__main__":
-    raise SystemExit(_run())
+    run_main(main)

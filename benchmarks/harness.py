@@ -14,10 +14,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from types import FrameType
+from typing import IO, Any, NoReturn
 
 import httpx
 import psutil
@@ -300,3 +301,18 @@ def write_docs(section: str, start_marker: str, end_marker: str) -> None:
         )
     DOCS.write_text(text)
     print(f"\nwrote {DOCS.relative_to(REPO)}")
+
+
+def run_main(main: Callable[[], int]) -> NoReturn:
+    """A benchmark's entry point: SIGTERM ends the run as Ctrl-C does, so the ``finally`` blocks and
+    ``with`` blocks stop its servers, and an interrupted run exits 130."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt:
+        print("\ninterrupted; servers stopped", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt

@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import os
 import shlex
-import signal
 import sys
 import tempfile
 import time
@@ -47,7 +46,6 @@ from corpus import build_corpus
 from embeddings import (
     CpuMeter,
     Result,
-    _interrupt,
     fmt,
     infinity_python,
     infinity_versions,
@@ -55,7 +53,7 @@ from embeddings import (
     model_folder,
     wait_for_quiet,
 )
-from harness import child_env, running_server, serve_argv, write_docs
+from harness import child_env, run_main, running_server, serve_argv, write_docs
 from model_zoo import QWEN3_SPECIAL_TOKENS, build_qwen3_reranker
 
 DOCS_START = "<!-- benchmarks/rerank.py:start -->"
@@ -253,7 +251,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
     os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     command = shlex.join([".venv/bin/python", "benchmarks/rerank.py", *sys.argv[1:]])
     load = Load(args.clients, args.documents, args.requests, args.quiet_wait)
@@ -388,8 +385,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except KeyboardInterrupt:
-        print("\ninterrupted; servers stopped", file=sys.stderr)
-        raise SystemExit(130) from None
+    run_main(main)

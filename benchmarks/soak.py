@@ -72,7 +72,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import httpx
@@ -86,6 +85,7 @@ from harness import (
     child_env,
     cpu_model,
     ram_gib,
+    run_main,
     running_server,
     serve_argv,
     steady_tree_rss,
@@ -753,14 +753,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM ends the run like Ctrl-C, so the servers are stopped."""
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
     models = Models(args.chat_model, args.embedding_model, args.rerank_model or args.embedding_model)
     given = argv if argv is not None else sys.argv[1:]
     command = shlex.join(
@@ -794,8 +788,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except KeyboardInterrupt:
-        print("\ninterrupted; servers stopped", file=sys.stderr)
-        raise SystemExit(130) from None
+    run_main(main)
