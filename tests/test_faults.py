@@ -263,7 +263,9 @@ def test_sigterm_lets_requests_in_flight_finish_then_ends_the_rest_with_a_final_
         assert running.process.wait(30) in (0, -signal.SIGTERM)
         _, alive = psutil.wait_procs(engines, timeout=10)
         assert alive == []
-        assert "Application shutdown complete" in running.log()
+        # The drain ended before the engines stopped. (Once in ten runs, under load, the server was
+        # seen exiting by SIGTERM during vLLM's own 5 s shutdown, before uvicorn's last log line.)
+        assert "requests drained in" in running.log()
     finally:
         stop_server(running)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -96,8 +97,9 @@ def calibrated_budget_gb(zoo: Path, log: Path) -> float:
     """A RAM budget for the whole server with room for the chat model alone: what the server itself
     holds once every model has run in it and gone (its libraries imported, vLLM's front end started:
     the tree's RSS with nothing loaded, measured from outside), plus the chat model as measured, plus
-    half the smallest ledger estimate of the other models (so the chat model and any one of them
-    never both fit)."""
+    three quarters of the smallest ledger estimate of the other models: the chat model and any one of
+    them do not both fit, and the chat model alone has room for the server's own footprint to vary
+    (it moves by tens of MiB between readings: vLLM's front end, a batch's activations)."""
     probe = start_server(zoo, log, "--no-bundled-models")
     try:
         base = probe.base_url
@@ -110,7 +112,7 @@ def calibrated_budget_gb(zoo: Path, log: Path) -> float:
         overhead = steady_tree_rss(probe.process.pid)
     finally:
         stop_server(probe)
-    return (overhead + chat + others / 2) / 2**30
+    return (overhead + chat + 0.75 * others) / 2**30
 
 
 MODELS_SWAPPED = ("tiny-embed", "st-cross-encoder")
@@ -198,7 +200,6 @@ def test_a_minute_of_mixed_requests_keeps_the_process_tree_within_its_ram_budget
         f"{tree_peak / 2**20:.0f} MiB over {tree_budget / 2**20:.0f} MiB + 10%"
     )
     log = tight_server.log()
+    loads = len(re.findall(r"effects: loading \S+ \(", log))  # not "unloading"
     decisions = "\n".join(line for line in log.splitlines() if "loading " in line or "waits" in line)
-    assert log.count("loading tiny-chat") >= 2, (
-        f"the chat model should have been swapped out and back:\n{decisions}"
-    )
+    assert loads > 3, f"the budget should have made models swap out and back in:\n{decisions}"

@@ -27,7 +27,7 @@ from local_llm.errors import LocalLLMError, ModelLoadError
 from local_llm.manager.scheduler import Ticket
 from local_llm.placement import Footprint, PlacementPlan
 from local_llm.placement.estimate import mib
-from local_llm.placement.probe import process_tree_rss, processes_rss
+from local_llm.placement.probe import our_process_ids, processes_rss
 from local_llm.registry import ModelRegistry, ModelSpec, WeightFormat
 from local_llm.registry.classify import UnservableFolder, verify_weights
 
@@ -253,9 +253,14 @@ class EngineEffects:
         its processes' RSS or, in this process, ``in_process_shares`` (blocking). Freed heap is handed
         back first, so that what a finished request's activations left to glibc does not count."""
         _give_freed_memory_back()
-        models = sum(processes_rss(set(e.process_ids)) for e in self.engines.values() if not e.in_process)
+        tree = our_process_ids()
+        # Only engine processes still in the tree: a worker orphaned by its killed engine core is
+        # not, and subtracting it would pass for the server shrinking.
+        models = sum(
+            processes_rss(set(e.process_ids) & tree) for e in self.engines.values() if not e.in_process
+        )
         models += sum(in_process_shares.values())
-        return max(process_tree_rss() - models, 0)
+        return max(processes_rss(tree) - models, 0)
 
     async def stop_all(self) -> None:
         """Shutdown: cancel bring-ups, stop every engine (in parallel), end the waits."""

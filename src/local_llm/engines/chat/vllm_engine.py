@@ -17,9 +17,9 @@ import json
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psutil
 from pydantic import ValidationError
@@ -58,6 +58,7 @@ VLLM_PARKED_GPU_BYTES = 768 * 1024**2
 # vLLM engines start one at a time: they share the GPU's free memory (each checks it at start), and a
 # failed start's cause is read from the lines written to stderr while it ran.
 _STARTING = asyncio.Lock()
+T = TypeVar("T")
 
 
 class VllmChatEngine(ChatEngine):
@@ -77,6 +78,8 @@ class VllmChatEngine(ChatEngine):
         self._engine_processes: frozenset[int] = frozenset()
         # The file descriptors (process sentinels) the event loop watches for the engine's exit.
         self._watched: list[int] = []
+        # Set when the engine's death is seen: what a request that reached vLLM after it waits on.
+        self._dead: asyncio.Event = asyncio.Event()
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -212,9 +215,28 @@ class VllmChatEngine(ChatEngine):
         (its monitor thread shuts the client down), and its requests would wait forever."""
         first = self.death is None
         super().died(cause)
+        self._dead.set()
         if first and self._engine is not None:
             dead_error = import_backend("vllm.v1.engine.exceptions").EngineDeadError
             self._engine.output_processor.propagate_error(dead_error())
+
+    async def _unless_dead(self, step: Awaitable[T]) -> T:
+        """``step`` (the call into vLLM, a stream's first event), or EngineFailedError if the engine
+        dies first. Why: vLLM ends only the requests it has registered when its engine dies; one that
+        was past our check but not yet registered (rendering its prompt) would wait forever."""
+        work = asyncio.ensure_future(step)
+        death = asyncio.ensure_future(self._dead.wait())
+        try:
+            await asyncio.wait({work, death}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            death.cancel()
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(BaseException):
+                    await work
+        if work.cancelled():
+            raise self._failed()
+        return work.result()
 
     def _dead_cause(self) -> str | None:
         """Why the engine cannot serve: seen by the watch, or by vLLM itself (``errored``)."""
@@ -369,7 +391,7 @@ class VllmChatEngine(ChatEngine):
             raise self._failed()
         error_response, client_errors, dead_error = _vllm_error_types()
         try:
-            result = await call()
+            result = await self._unless_dead(call())
         except dead_error:
             self._dead_cause()
             raise self._failed() from None
@@ -396,10 +418,19 @@ class VllmChatEngine(ChatEngine):
         writes the event in the API's shape). Closing this closes vLLM's generator, which aborts the
         request."""
         try:
-            async for event in events:
+            # The request reaches vLLM's engine on the first step: until then its death may pass it by.
+            try:
+                event = await self._unless_dead(anext(events))
+            except StopAsyncIteration:
+                return
+            while True:
                 if event.startswith('data: {"error"'):
                     raise self._stream_error(event)
                 yield event.encode()
+                try:
+                    event = await anext(events)
+                except StopAsyncIteration:
+                    return
         finally:
             aclose = getattr(events, "aclose", None)
             if aclose is not None:
