@@ -32,7 +32,7 @@ class HeaderSizeLimit:
                 f"Request headers are {size} bytes, more than the {self.max_bytes / 1024:g} KiB accepted "
                 "(LLM_MAX_REQUEST_HEADER_KB)."
             )
-            await local_error_response(error)(scope, receive, send)
+            await local_error_response(error, scope.get("path", ""))(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
@@ -55,7 +55,7 @@ class BodySizeLimit:
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await local_error_response(self._error())(scope, receive, send)
+            await local_error_response(self._error(), scope.get("path", ""))(scope, receive, send)
             return
         # Read the body here (FastAPI would read it whole anyway) so an oversized one ends in 413
         # before any parsing, then replay it to the app.
@@ -68,7 +68,7 @@ class BodySizeLimit:
             chunk = message.get("body", b"")
             received += len(chunk)
             if received > self.max_bytes:
-                await local_error_response(self._error())(scope, receive, send)
+                await local_error_response(self._error(), scope.get("path", ""))(scope, receive, send)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):

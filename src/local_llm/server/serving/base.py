@@ -250,7 +250,8 @@ class Serving(Generic[E]):
     ) -> bytes | AsyncIterator[bytes]:
         """As :meth:`call`, for work that may answer with a stream: the permit and the lease are then
         held until the stream ends or is closed (its client left); a failure after the stream began is
-        answered with ``render_error(error)`` and then ``end``, which the engine's own end replaces."""
+        answered with ``render_error(error)`` and then ``end``, which the engine's own end replaces
+        (``b""``: the family has no end marker of its own, its last event says it is the last)."""
         stack = AsyncExitStack()
         permit = stack.enter_context(self.admission.permit(spec.name))
         try:
@@ -284,7 +285,7 @@ async def _guarded_stream(
         failure: LocalLLMError | None = None
         try:
             async for event in events:
-                if event == end:
+                if end and event == end:
                     continue  # written below, once, whatever happened
                 yield event
         except EngineRequestError as exc:
@@ -305,4 +306,5 @@ async def _guarded_stream(
         if failure is not None:
             logger.info("a stream on %s ended early: %s", permit.model, failure.message)
             yield render_error(failure)
-        yield end
+        if end:
+            yield end

@@ -1,12 +1,25 @@
 """The chat and completions service: checks a request against its model, and hands it to the model's
-chat engine through the serving skeleton (which holds the lease for as long as an answer streams)."""
+chat engine through the serving skeleton (which holds the lease for as long as an answer streams).
+
+Every API family that generates text (OpenAI chat and completions, OpenAI Responses, Anthropic
+Messages, Ollama's chat and generate) comes through here, as vLLM's own Anthropic serving does on
+top of its chat serving: the family's route turns its request into a :class:`ChatCompletionRequest`
+(or a :class:`CompletionRequest`) and passes a :class:`Dialect`, which turns the engine's OpenAI
+answer (a ``chat.completion`` body, or its stream of chunks) into the family's own, and says how the
+family names the prompt and ends a stream that failed. So admission, leases, keep-alive, cancellation
+and engine errors behave the same whichever API a client speaks, on every engine.
+"""
 
 from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
 
 from local_llm.config import Settings
 from local_llm.engines.base import Capability
 from local_llm.engines.chat import ChatEngine, ChatResult
-from local_llm.errors import InvalidRequestError, Subject
+from local_llm.errors import InvalidRequestError, LocalLLMError, Subject
 from local_llm.manager import ModelManager
 from local_llm.protocol.chat import ChatCompletionRequest, CompletionRequest, NamedToolChoice
 from local_llm.registry import ModelKind, ModelSpec
@@ -20,6 +33,47 @@ STREAM_END = b"data: [DONE]\n\n"
 
 CHAT_FIELDS = FieldNames({Subject.PROMPT: "messages"})
 COMPLETION_FIELDS = FieldNames({Subject.PROMPT: "prompt"})
+
+
+class Dialect:
+    """How an API family speaks on top of chat completions; this base speaks OpenAI's own (the
+    identity). A family's dialect is built per request, so it may keep what the request asked
+    (the model's name, the tools) to render its answer."""
+
+    #: How the family names what an engine may complain about (the prompt, an option).
+    fields: FieldNames = CHAT_FIELDS
+    #: The family's end-of-stream marker, written after a failure's event too (``b""``: none).
+    stream_end: bytes = STREAM_END
+
+    def answer(self, body: bytes) -> bytes:
+        """The engine's finished OpenAI answer (a ``chat.completion`` / ``text_completion`` JSON
+        body) as the family's body."""
+        return body
+
+    def stream(self, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """The engine's OpenAI server-sent events (ending with ``data: [DONE]``) as the family's
+        stream. Engine errors raised while iterating pass through: the skeleton writes them with
+        :meth:`stream_error`."""
+        return events
+
+    def stream_error(self, error: LocalLLMError) -> bytes:
+        """The event a stream of this family ends with when it fails after it began."""
+        return openai_stream_error(error)
+
+
+OPENAI = Dialect()
+
+
+async def openai_chunks(events: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:
+    """The JSON objects of an engine's OpenAI stream (``data: {...}`` events), ``[DONE]`` left out:
+    what a dialect translates from."""
+    async for event in events:
+        for line in event.split(b"\n"):
+            if not line.startswith(b"data: "):
+                continue
+            data = line.removeprefix(b"data: ").strip()
+            if data and data != b"[DONE]":
+                yield json.loads(data)
 
 
 class _ChatServing(Serving[ChatEngine]):
@@ -40,29 +94,51 @@ class ChatService:
             manager, admission, settings, Capability.COMPLETIONS, COMPLETIONS_ROUTE
         )
 
-    async def chat(self, request: ChatCompletionRequest) -> ChatResult:
+    async def chat(self, request: ChatCompletionRequest, dialect: Dialect = OPENAI) -> ChatResult:
+        """Answer a chat request, in ``dialect``'s words (OpenAI's unless told)."""
         spec = self._chat.resolve(request.model)
         check_chat_request(request)
+
+        async def work(engine: ChatEngine) -> ChatResult:
+            return _spoken(await engine.chat(request), dialect)
+
         return await self._chat.call_streaming(
             spec,
-            lambda engine: engine.chat(request),
-            fields=CHAT_FIELDS,
-            render_error=openai_stream_error,
-            end=STREAM_END,
+            work,
+            fields=dialect.fields,
+            render_error=dialect.stream_error,
+            end=dialect.stream_end,
             keep_alive_s=request.keep_alive,
         )
 
-    async def complete(self, request: CompletionRequest) -> ChatResult:
+    async def complete(self, request: CompletionRequest, dialect: Dialect | None = None) -> ChatResult:
+        """Answer a legacy completion, in ``dialect``'s words (OpenAI's unless told)."""
+        dialect = dialect or _OPENAI_COMPLETION
         spec = self._completions.resolve(request.model)
         check_sampling(request)
+
+        async def work(engine: ChatEngine) -> ChatResult:
+            return _spoken(await engine.complete(request), dialect)
+
         return await self._completions.call_streaming(
             spec,
-            lambda engine: engine.complete(request),
-            fields=COMPLETION_FIELDS,
-            render_error=openai_stream_error,
-            end=STREAM_END,
+            work,
+            fields=dialect.fields,
+            render_error=dialect.stream_error,
+            end=dialect.stream_end,
             keep_alive_s=request.keep_alive,
         )
+
+
+class _OpenAICompletion(Dialect):
+    fields = COMPLETION_FIELDS
+
+
+_OPENAI_COMPLETION = _OpenAICompletion()
+
+
+def _spoken(result: ChatResult, dialect: Dialect) -> ChatResult:
+    return dialect.answer(result) if isinstance(result, bytes) else dialect.stream(result)
 
 
 def check_sampling(request: ChatCompletionRequest | CompletionRequest) -> None:
