@@ -46,6 +46,7 @@ pytestmark = pytest.mark.server
 MODELS = {
     "/v1/chat/completions": "tiny-chat",
     "/v1/completions": "tiny-chat",
+    "/v1/responses": "tiny-chat",
     "/v1/embeddings": "tiny-embed",
     "/v1/rerank": "tiny-cross-encoder",
     "/v2/rerank": "tiny-cross-encoder",
@@ -125,7 +126,7 @@ def bounded(case: schemathesis.Case) -> None:
     # keep_alive has its own tests (test_validation.py); here a 0 would unload the chat model after each
     # request, and every next one would wait 15 s for vLLM to start again.
     body.pop("keep_alive", None)
-    for field in ("max_tokens", "max_completion_tokens"):
+    for field in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
         body[field] = min(body.get(field) or MAX_TOKENS, MAX_TOKENS)
     if isinstance(body.get("n"), int):
         body["n"] = min(body["n"], MAX_CHOICES)

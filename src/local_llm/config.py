@@ -192,6 +192,12 @@ class Settings(BaseSettings):
         "90 s (2-core CPU, first start) and generates about 25% slower.",
     )
     vllm_tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallel size (GPUs per model).")
+    responses_store_size: int = Field(
+        256,
+        ge=0,
+        description="Responses (/v1/responses) kept in memory for previous_response_id and GET "
+        "/v1/responses/{id}, least recently used out first; 0 keeps none (store: true is then refused).",
+    )
 
     @model_validator(mode="after")
     def _queue_holds_a_request(self) -> Settings:

@@ -91,6 +91,14 @@ class ModelNotFoundError(LocalLLMError):
         super().__init__(f"The model '{name}' does not exist. Served models: {listing}.")
 
 
+class ResponseNotFoundError(LocalLLMError):
+    """A stored response (``/v1/responses/{id}``) that is not held: never stored, deleted, or pushed out."""
+
+    category = ErrorCategory.NOT_FOUND
+    error_type = "invalid_request_error"
+    code = "not_found"
+
+
 class RequestTooLargeError(LocalLLMError):
     category = ErrorCategory.TOO_LARGE
     error_type = "invalid_request_error"

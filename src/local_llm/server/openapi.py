@@ -85,6 +85,31 @@ STREAM_RESPONSE: Responses = {
         },
     }
 }
+#: A Responses answer: a ``response`` object, or its stream of named events.
+RESPONSES_STREAM_RESPONSE: Responses = {
+    200: {
+        "description": "The answer: an OpenAI `response` object, or with `stream: true` server-sent "
+        "events from `response.created` to `response.completed` (or `response.incomplete`, or "
+        "`response.failed` if the answer fails after it began).",
+        "content": {
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "required": ["event", "data"],
+                    "properties": {
+                        "event": {"type": "string", "description": "The event type: `response.created`, ..."},
+                        "data": {"type": "string", "description": "The event as JSON."},
+                    },
+                }
+            }
+        },
+    }
+}
+#: Routes that read or delete one stored response.
+STORED_RESPONSE_RESPONSES: Responses = {
+    **_AUTH,
+    404: _error("No stored response has that id (not_found)."),
+}
 
 # Answered by the middleware (server/middleware.py) before any route, on every route.
 _ERROR_REF = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}

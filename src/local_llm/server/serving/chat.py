@@ -138,7 +138,24 @@ _OPENAI_COMPLETION = _OpenAICompletion()
 
 
 def _spoken(result: ChatResult, dialect: Dialect) -> ChatResult:
-    return dialect.answer(result) if isinstance(result, bytes) else dialect.stream(result)
+    if isinstance(result, bytes):
+        return dialect.answer(result)
+    return result if type(dialect).stream is Dialect.stream else _translated(result, dialect)
+
+
+async def _translated(events: AsyncIterator[bytes], dialect: Dialect) -> AsyncIterator[bytes]:
+    """``dialect``'s stream of the engine's ``events``. Closed early (its client left, shutdown), it
+    closes the engine's stream at once, which aborts the generation before the lease is released: an
+    async generator left inside another is only closed when the garbage collector gets to it."""
+    translated = dialect.stream(events)
+    try:
+        async for event in translated:
+            yield event
+    finally:
+        for stream in (translated, events):
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
 
 def check_sampling(request: ChatCompletionRequest | CompletionRequest) -> None:
