@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from local_llm.errors import ErrorCategory, LocalLLMError
 from local_llm.protocol.errors import ErrorDetail, ErrorResponse
@@ -172,6 +173,18 @@ def _validation_message(exc: RequestValidationError, content_type: str) -> tuple
     return (f"Invalid value for '{param}': {detail}." if param else f"{detail}."), param
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes at this path, for a 405's ``Allow`` (RFC 9110). Starlette's own
+    lists only the first route whose path matches, so a path served by two routes (``GET`` and
+    ``DELETE /v1/responses/{id}``) would name one."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)  # PARTIAL: the path matches, the method does not
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(LocalLLMError)
     async def _local(request: Request, exc: LocalLLMError) -> JSONResponse:
@@ -192,19 +205,20 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         route = f"{request.method} {request.url.path}"
+        headers = exc.headers
         if exc.status_code == 404:
             message, code = f"This server has no route {route}.", "not_found"
         elif exc.status_code == 405:
             message, code = f"{route} is not allowed; see /docs for the routes and their methods.", None
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
         else:
             message, code = str(exc.detail), None
-        # Starlette's 405 carries ``Allow`` (the route's methods), as RFC 9110 requires; keep it.
         return error_response(
             exc.status_code,
             message,
             "invalid_request_error",
             code=code,
-            headers=exc.headers,
+            headers=headers,
             path=request.url.path,
         )
 
