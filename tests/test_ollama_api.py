@@ -232,6 +232,16 @@ def test_options_map_to_sampling(ollama_client: ollama.Client) -> None:
     assert refused.value.status_code == 400
 
 
+def test_num_ctx_beyond_the_context_and_unused_options_are_served_and_logged(
+    ollama_client: ollama.Client, server: RunningServer
+) -> None:
+    options = {**SHORT, "num_ctx": 100_000, "mirostat": 1, "num_thread": 4, "no_such_option": True}
+    assert ollama_client.chat(model=CHAT, messages=HELLO, options=options).done
+    log = server.log()
+    assert f"num_ctx 100000 asked for {CHAT}, whose context is 1024 tokens" in log
+    assert "mirostat, no_such_option, num_thread" in log
+
+
 def test_tools_on_a_model_whose_template_takes_none_are_refused_as_ollama_refuses_them(
     ollama_client: ollama.Client,
 ) -> None:
@@ -588,15 +598,20 @@ def test_a_prompt_longer_than_the_context_is_400_before_the_stream(http: httpx.C
 
 def test_a_second_listener_serves_the_same_app(zoo: Path, tmp_path: Path) -> None:
     """LLM_OLLAMA_PORT (a free port here, not 11434): one server, one lifespan, one model manager on
-    two sockets: a model loaded through one is running on the other."""
+    two sockets: a model loaded through one is running on the other. With API keys set, /api/ needs
+    one too, on both."""
     second = free_port()
-    running = start_server(zoo, tmp_path / "server.log", "--no-bundled-models", "--ollama-port", str(second))
+    running = start_server(
+        zoo, tmp_path / "server.log", "--no-bundled-models", "--ollama-port", str(second), "--api-keys", "k1"
+    )
+    key = {"Authorization": "Bearer k1"}
     try:
-        on_second = ollama.Client(host=f"http://127.0.0.1:{second}", timeout=120)
-        assert httpx.get(f"http://127.0.0.1:{second}/api/version", timeout=10).status_code == 200
+        on_second = ollama.Client(host=f"http://127.0.0.1:{second}", headers=key, timeout=120)
         assert len(on_second.embed(model=EMBED, input="hello").embeddings[0]) == 32
-        on_main = ollama.Client(host=running.base_url, timeout=120)
+        on_main = ollama.Client(host=running.base_url, headers=key, timeout=120)
         assert f"{EMBED}:latest" in {model.model for model in on_main.ps().models}
         assert running.log().count("Application startup complete") == 1
+        for base in (running.base_url, f"http://127.0.0.1:{second}"):
+            assert "API key" in error_of(httpx.get(f"{base}/api/tags", timeout=10), 401)
     finally:
         stop_server(running)
