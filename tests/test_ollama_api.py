@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -339,8 +340,16 @@ def test_generate_format_json_is_json(ollama_client: ollama.Client) -> None:
 
 
 @needs_smollm2
-def test_chatollama_invoke_knows_the_capital_of_france(server: RunningServer) -> None:
+def test_the_ollama_library_and_chatollama_know_the_capital_of_france(
+    server: RunningServer, ollama_client: ollama.Client
+) -> None:
     from langchain_ollama import ChatOllama
+
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    direct = ollama_client.chat(
+        model=SMOLLM2, messages=question, options={"temperature": 0, "num_predict": 30}
+    )
+    assert "Paris" in (direct.message.content or "")  # the README's example
 
     llm = ChatOllama(base_url=server.base_url, model=SMOLLM2, temperature=0, num_predict=30)
     answer = llm.invoke("What is the capital of France?")
@@ -599,10 +608,19 @@ def test_a_prompt_longer_than_the_context_is_400_before_the_stream(http: httpx.C
 def test_a_second_listener_serves_the_same_app(zoo: Path, tmp_path: Path) -> None:
     """LLM_OLLAMA_PORT (a free port here, not 11434): one server, one lifespan, one model manager on
     two sockets: a model loaded through one is running on the other. With API keys set, /api/ needs
-    one too, on both."""
+    one too, on both. And a stream cut short (SIGTERM, past a grace period of 0 s) ends with Ollama's
+    error line, which the ollama library raises."""
     second = free_port()
     running = start_server(
-        zoo, tmp_path / "server.log", "--no-bundled-models", "--ollama-port", str(second), "--api-keys", "k1"
+        zoo,
+        tmp_path / "server.log",
+        "--no-bundled-models",
+        "--ollama-port",
+        str(second),
+        "--api-keys",
+        "k1",
+        "--shutdown-grace-s",
+        "0",
     )
     key = {"Authorization": "Bearer k1"}
     try:
@@ -613,5 +631,33 @@ def test_a_second_listener_serves_the_same_app(zoo: Path, tmp_path: Path) -> Non
         assert running.log().count("Application startup complete") == 1
         for base in (running.base_url, f"http://127.0.0.1:{second}"):
             assert "API key" in error_of(httpx.get(f"{base}/api/tags", timeout=10), 401)
+
+        pieces: list[ollama.ChatResponse] = []
+        failures: list[ollama.ResponseError] = []
+        started = threading.Event()
+
+        def read() -> None:
+            try:
+                stream = on_second.chat(
+                    model=HF_CHAT, messages=HELLO, stream=True, options={"num_predict": 900}
+                )
+                for part in stream:
+                    pieces.append(part)
+                    started.set()
+            except ollama.ResponseError as exc:
+                failures.append(exc)
+            finally:
+                started.set()
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        assert started.wait(120)
+        running.process.terminate()
+        reader.join(60)
+        assert not reader.is_alive()
+        assert pieces
+        assert not pieces[-1].done
+        (failure,) = failures
+        assert "shutting down" in failure.error
     finally:
         stop_server(running)
