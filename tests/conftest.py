@@ -149,6 +149,14 @@ def openai_client(server: RunningServer):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
+def ollama_client(server: RunningServer):  # type: ignore[no-untyped-def]
+    """The stock ``ollama`` library, pointed at the shared server as at an Ollama."""
+    import ollama
+
+    return ollama.Client(host=server.base_url, timeout=300)
+
+
+@pytest.fixture(scope="session")
 def http(server: RunningServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.base_url, timeout=120) as client:
         yield client

@@ -4,8 +4,9 @@ After vLLM's tests/entrypoints/openai/test_openai_schema.py: requests generated 
 (valid ones, and ones that break it) must get answers the document allows. Checked on each:
 
 * no server error but the documented ones: 503 and 507 only, and 503 only with a documented code;
-* every error body is the OpenAI error object, ``{"error": {"message", "type", "param", "code"}}``
-  (``GET /health`` answers its own report, documented as such, also with 503);
+* every error body is its API family's error object: OpenAI's, ``{"error": {"message", "type", "param",
+  "code"}}``, or under ``/api/`` Ollama's ``{"error": "..."}`` (``GET /health`` answers its own report,
+  documented as such, also with 503);
 * the status, its content type, headers and body conform to the document (schemathesis' own checks),
   and a method a route does not take gets 405 with ``Allow``.
 
@@ -39,6 +40,7 @@ from schemathesis.config import (
 
 from conftest import RunningServer, start_server, stop_server
 from fake_engines import openapi_document
+from local_llm.server.errors import OLLAMA_SHAPE, shape_for
 
 pytestmark = pytest.mark.server
 
@@ -51,6 +53,11 @@ MODELS = {
     "/v1/rerank": "tiny-cross-encoder",
     "/v2/rerank": "tiny-cross-encoder",
     "/rerank": "tiny-cross-encoder",
+    "/api/chat": "tiny-chat",
+    "/api/generate": "tiny-chat",
+    "/api/embed": "tiny-embed",
+    "/api/embeddings": "tiny-embed",
+    "/api/show": "tiny-chat",
 }
 # Generation is bounded so a valid request cannot ask for minutes of work from the tiny chat model.
 MAX_TOKENS = 8
@@ -128,6 +135,9 @@ def bounded(case: schemathesis.Case) -> None:
     body.pop("keep_alive", None)
     for field in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
         body[field] = min(body.get(field) or MAX_TOKENS, MAX_TOKENS)
+    if case.operation.path.startswith("/api/"):  # Ollama's cap: options.num_predict
+        options = body["options"] if isinstance(body.get("options"), dict) else {}
+        body["options"] = {**options, "num_predict": MAX_TOKENS}
     if isinstance(body.get("n"), int):
         body["n"] = min(body["n"], MAX_CHOICES)
 
@@ -137,20 +147,26 @@ def documented_server_errors(ctx: Any, response: schemathesis.Response, case: sc
     if response.status_code < 500:
         return True
     assert response.status_code in (503, 507), f"{response.status_code}: {response.content[:300]!r}"
-    if case.operation.path == "/health":
-        return True
+    if case.operation.path == "/health" or shape_for(case.operation.path) is OLLAMA_SHAPE:
+        return True  # Ollama's errors carry no code
     code = response.json()["error"]["code"]
     allowed = UNAVAILABLE_CODES if response.status_code == 503 else {"insufficient_memory"}
     assert code in allowed, f"{response.status_code} with the undocumented code {code!r}"
     return True
 
 
-def openai_shaped_errors(ctx: Any, response: schemathesis.Response, case: schemathesis.Case) -> bool:
-    """Every error is JSON in the OpenAI shape (the health report is /health's own)."""
+def family_shaped_errors(ctx: Any, response: schemathesis.Response, case: schemathesis.Case) -> bool:
+    """Every error is JSON in its API family's shape (the health report is /health's own)."""
     if response.status_code < 400 or case.operation.path == "/health":
         return True
     content_type = ",".join(response.headers.get("content-type", []))
     assert content_type.startswith("application/json"), f"{response.status_code} as {content_type!r}"
+    if shape_for(case.operation.path) is OLLAMA_SHAPE:
+        body = response.json()
+        assert set(body) == {"error"}, body
+        assert isinstance(body["error"], str)
+        assert body["error"]
+        return True
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}, error
     assert isinstance(error["message"], str)
@@ -173,5 +189,5 @@ def test_every_route_answers_as_documented(case: schemathesis.Case, schema_serve
     case.call_and_validate(
         base_url=schema_server.base_url,
         timeout=120,
-        additional_checks=[documented_server_errors, openai_shaped_errors],
+        additional_checks=[documented_server_errors, family_shaped_errors],
     )

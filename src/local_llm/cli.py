@@ -14,12 +14,13 @@ import argparse
 import json
 import logging
 import os
+import socket
 import sys
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -27,6 +28,9 @@ from local_llm import __version__
 from local_llm.config import Settings
 from local_llm.engines.factory import estimate_for
 from local_llm.registry import ModelRegistry
+
+if TYPE_CHECKING:
+    import uvicorn
 
 
 def _flag(field_name: str) -> str:
@@ -143,8 +147,27 @@ def cmd_serve(settings: Settings) -> int:
         # events to go out); uvicorn's limit is only a backstop behind it.
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 15,
     )
-    GracefulServer(app, config).run()
+    sockets = _listeners(config, settings)
+    if sockets is not None:
+        logging.getLogger(__name__).info(
+            "also listening on http://%s:%d for Ollama's clients (LLM_OLLAMA_PORT)",
+            settings.host,
+            settings.ollama_port,
+        )
+    GracefulServer(app, config).run(sockets=sockets)
     return 0
+
+
+def _listeners(config: uvicorn.Config, settings: Settings) -> list[socket.socket] | None:
+    """The sockets to serve: None, and uvicorn binds LLM_HOST:LLM_PORT itself; with LLM_OLLAMA_PORT, that
+    one and a second on the same host, bound here, so one server (one lifespan, one model manager)
+    answers on both."""
+    if settings.ollama_port is None:
+        return None
+    import uvicorn
+
+    second = uvicorn.Config(config.app, host=settings.host, port=settings.ollama_port, log_config=None)
+    return [config.bind_socket(), second.bind_socket()]
 
 
 # --- operator commands: a running server's admin API --------------------------------------------

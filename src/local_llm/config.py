@@ -24,6 +24,13 @@ class Settings(BaseSettings):
     # --- Serving -----------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address to bind. Loopback only unless you change it.")
     port: int = Field(15530, ge=1, le=65535, description="TCP port.")
+    ollama_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Also listen on this port, on the same host, for apps that call Ollama's port and cannot "
+        "change it (Ollama's is 11434): the same server on a second socket. Unset: no second listener.",
+    )
     log_level: LogLevel = Field("info", description="Log level: critical, error, warning, info, debug.")
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -207,6 +214,12 @@ class Settings(BaseSettings):
                 f"LLM_MAX_QUEUED_INPUTS ({self.max_queued_inputs}) must be at least "
                 f"LLM_MAX_INPUTS_PER_REQUEST ({self.max_inputs_per_request})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> Settings:
+        if self.ollama_port == self.port:
+            raise ValueError(f"LLM_OLLAMA_PORT ({self.ollama_port}) must differ from LLM_PORT ({self.port})")
         return self
 
     @field_validator("api_keys", "pinned_models", mode="before")

@@ -22,6 +22,7 @@ from enum import Enum
 class ErrorCategory(str, Enum):
     INVALID_REQUEST = "invalid_request"
     AUTHENTICATION = "authentication"
+    FORBIDDEN = "forbidden"
     NOT_FOUND = "not_found"
     TOO_LARGE = "too_large"
     HEADERS_TOO_LARGE = "headers_too_large"
@@ -227,6 +228,15 @@ class InternalError(LocalLLMError):
     """Our own bug, answered in the API's shape; the log has the traceback."""
 
     code = "internal_error"
+
+
+class OperationNotSupportedError(LocalLLMError):
+    """A request this server never carries out, whatever its fields (Ollama's /api/pull, where models
+    come from the models folder): refused for good, not failed."""
+
+    category = ErrorCategory.FORBIDDEN
+    error_type = "invalid_request_error"
+    code = "not_supported"
 
 
 class ModelBusyError(LocalLLMError):

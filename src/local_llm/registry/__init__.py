@@ -1,6 +1,6 @@
 """Discovery and classification of the models a folder holds."""
 
-from local_llm.registry.registry import ModelRegistry
+from local_llm.registry.registry import DEFAULT_TAG, ModelRegistry, tagged_name
 from local_llm.registry.spec import (
     ModelKind,
     ModelOptions,
@@ -12,6 +12,7 @@ from local_llm.registry.spec import (
 )
 
 __all__ = [
+    "DEFAULT_TAG",
     "ModelKind",
     "ModelOptions",
     "ModelRegistry",
@@ -20,4 +21,5 @@ __all__ = [
     "RerankScoring",
     "SkippedFolder",
     "WeightFormat",
+    "tagged_name",
 ]

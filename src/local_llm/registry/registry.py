@@ -1,4 +1,10 @@
-"""The registry: the only place a served model name turns into a folder on disk."""
+"""The registry: the only place a served model name turns into a folder on disk.
+
+Names may also come in Ollama's ``model:tag`` form, where a name without a tag means ``:latest``
+(its clients send ``llama3:latest`` for ``llama3``): an exact name (or alias, which may carry a tag
+of its own, such as ``qwen2.5:7b``) wins, else ``name:latest`` is ``name``. A tag never makes a
+name into anything but a served name, so a path stays unknown with or without one.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,14 @@ from pathlib import Path
 from local_llm.errors import ModelNotFoundError
 from local_llm.registry.discovery import discover
 from local_llm.registry.spec import ModelSpec, SkippedFolder
+
+#: The tag of a name that carries none, in Ollama's ``model:tag`` form.
+DEFAULT_TAG = "latest"
+
+
+def tagged_name(name: str) -> str:
+    """``name`` in Ollama's ``model:tag`` form: as it is when it has a tag, else ``name:latest``."""
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:{DEFAULT_TAG}"
 
 
 class ModelRegistry:
@@ -40,8 +54,11 @@ class ModelRegistry:
         return self._notes
 
     def get(self, name: str) -> ModelSpec:
-        """The model served as ``name``; unknown names (paths included) raise :class:`ModelNotFoundError`."""
+        """The model served as ``name`` (or as ``name`` less its ``:latest`` tag); unknown names (paths
+        included) raise :class:`ModelNotFoundError`."""
         spec = self._by_name.get(name)
+        if spec is None and name.endswith(f":{DEFAULT_TAG}"):
+            spec = self._by_name.get(name.removesuffix(f":{DEFAULT_TAG}"))
         if spec is None:
             raise ModelNotFoundError(name, [m.name for m in self._models])
         return spec

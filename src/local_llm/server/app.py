@@ -22,11 +22,12 @@ from local_llm.server.auth import require_api_key
 from local_llm.server.errors import install_error_handlers
 from local_llm.server.middleware import BodySizeLimit, HeaderSizeLimit
 from local_llm.server.openapi import install_openapi
-from local_llm.server.routers import admin, chat, embeddings, health, models, rerank, responses
+from local_llm.server.routers import admin, chat, embeddings, health, models, ollama, rerank, responses
 from local_llm.server.serving.base import Admission
 from local_llm.server.serving.chat import ChatService
 from local_llm.server.serving.embeddings import EmbeddingsService
 from local_llm.server.serving.models import ModelsService
+from local_llm.server.serving.ollama import OllamaService
 from local_llm.server.serving.rerank import RerankService
 from local_llm.server.serving.responses import ResponsesService, ResponseStore
 
@@ -77,6 +78,9 @@ def create_app(
         app.state.chat = ChatService(manager, admission, settings)
         app.state.responses = ResponsesService(app.state.chat, ResponseStore(settings.responses_store_size))
         app.state.rerank = RerankService(manager, admission, settings)
+        app.state.ollama = OllamaService(
+            manager, admission, settings, app.state.chat, app.state.embeddings, app.state.models
+        )
         await manager.start()
         # While the server already answers: import heavy libraries and import GGUF files, so a
         # first request finds them ready (a request that comes sooner waits for the same work).
@@ -102,6 +106,7 @@ def create_app(
     app.include_router(embeddings.router, dependencies=authenticated)
     app.include_router(models.router, dependencies=authenticated)
     app.include_router(rerank.router, dependencies=authenticated)
+    app.include_router(ollama.router, dependencies=authenticated)
     app.include_router(admin.router, dependencies=authenticated)
     app.include_router(health.router)
     return app

@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 STATUS_BY_CATEGORY: dict[ErrorCategory, int] = {
     ErrorCategory.INVALID_REQUEST: 400,
     ErrorCategory.AUTHENTICATION: 401,
+    ErrorCategory.FORBIDDEN: 403,
     ErrorCategory.NOT_FOUND: 404,
     ErrorCategory.TOO_LARGE: 413,
     ErrorCategory.HEADERS_TOO_LARGE: 431,

@@ -16,6 +16,8 @@ from fastapi.openapi.utils import get_openapi
 
 from local_llm.protocol.errors import ErrorResponse
 from local_llm.protocol.health import HealthReport
+from local_llm.protocol.ollama import OllamaError
+from local_llm.server.errors import OLLAMA_SHAPE, shape_for
 
 Responses = dict[int | str, dict[str, Any]]
 
@@ -111,8 +113,63 @@ STORED_RESPONSE_RESPONSES: Responses = {
     404: _error("No stored response has that id (not_found)."),
 }
 
-# Answered by the middleware (server/middleware.py) before any route, on every route.
+
+# --- Ollama's routes (/api/...): the same statuses, each error as `{"error": "..."}` ----------------
+def _ollama(responses: Responses) -> Responses:
+    return {
+        status: {"model": OllamaError, "description": entry["description"]}
+        for status, entry in responses.items()
+    }
+
+
+_OLLAMA_UNLOAD: Responses = {
+    409: {
+        "model": OllamaError,
+        "description": "An empty request with keep_alive 0 asks for an unload, refused while requests "
+        "hold the model or it is pinned (model_busy).",
+    }
+}
+#: /api/chat, /api/generate: as the chat routes, and 409 for an unload that cannot be done now.
+OLLAMA_GENERATION_RESPONSES: Responses = {**_ollama(ERROR_RESPONSES), **_OLLAMA_UNLOAD}
+#: /api/embed, /api/embeddings.
+OLLAMA_EMBED_RESPONSES: Responses = _ollama(ERROR_RESPONSES)
+#: /api/show.
+OLLAMA_READ_RESPONSES: Responses = {
+    400: {"model": OllamaError, "description": "No model named, or a field of the wrong type."},
+    **_ollama(READ_RESPONSES),
+}
+#: /api/tags, /api/ps, /api/version.
+OLLAMA_LIST_RESPONSES: Responses = _ollama(LIST_RESPONSES)
+#: /api/pull, /api/push, /api/create, /api/delete, /api/copy: never done here.
+OLLAMA_REFUSED_RESPONSES: Responses = {
+    400: {"model": OllamaError, "description": "A field of the wrong type."},
+    **_ollama(_AUTH),
+    403: {
+        "model": OllamaError,
+        "description": "Models come from the models folder (LLM_MODELS_DIR): this "
+        "server never pulls, pushes, creates, copies or deletes one (not_supported).",
+    },
+}
+
+
+def ollama_stream_response(model: type) -> Responses:
+    """A chat or generate answer: one object (`stream: false`), or NDJSON, one such object a line, the
+    last `done: true` with the counts; a failure after the stream began ends it with an error line."""
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {
+        200: {
+            "model": model,
+            "description": "The answer as one object with `stream: false`; by default NDJSON, one object "
+            'a line, the last with `done: true`, counts and durations (or `{"error": ...}`).',
+            "content": {"application/x-ndjson": {"schema": ref}},
+        }
+    }
+
+
+# Answered by the middleware (server/middleware.py) before any route, on every route, in the shape of
+# the route's API family.
 _ERROR_REF = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+_OLLAMA_ERROR_REF = {"application/json": {"schema": {"$ref": "#/components/schemas/OllamaError"}}}
 _HEADERS_TOO_LARGE = {
     "description": "The request's headers are larger than LLM_MAX_REQUEST_HEADER_KB "
     "(request_header_fields_too_large).",
@@ -124,10 +181,11 @@ _BODY_TOO_LARGE = {
 }
 
 
-def _add_edge_responses(method: str, responses: dict[str, Any]) -> None:
-    responses.setdefault("431", _HEADERS_TOO_LARGE)
-    if method == "post":
-        responses.setdefault("413", _BODY_TOO_LARGE)
+def _add_edge_responses(method: str, responses: dict[str, Any], path: str = "") -> None:
+    content = _OLLAMA_ERROR_REF if shape_for(path) is OLLAMA_SHAPE else _ERROR_REF
+    responses.setdefault("431", {**_HEADERS_TOO_LARGE, "content": content})
+    if method in ("post", "delete"):
+        responses.setdefault("413", {**_BODY_TOO_LARGE, "content": content})
 
 
 def install_openapi(app: FastAPI) -> None:
@@ -137,11 +195,11 @@ def install_openapi(app: FastAPI) -> None:
     def document() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
-            for path in schema.get("paths", {}).values():
+            for route, path in schema.get("paths", {}).items():
                 for method, operation in path.items():
                     responses = operation.setdefault("responses", {})
                     responses.pop("422", None)
-                    _add_edge_responses(method, responses)
+                    _add_edge_responses(method, responses, route)
                     operation["responses"] = dict(sorted(responses.items()))
             for unused in ("HTTPValidationError", "ValidationError"):
                 schema.get("components", {}).get("schemas", {}).pop(unused, None)
