@@ -18,6 +18,7 @@ import pytest
 
 from conftest import assert_error
 from fake_engines import MINILM, FakeEngines, serving, until
+from local_llm.server.errors import ANTHROPIC_SHAPE, OLLAMA_SHAPE, OPENAI_SHAPE, shape_for
 
 pytestmark = pytest.mark.unit
 
@@ -550,6 +551,27 @@ def test_the_document_lists_the_statuses_each_route_answers() -> None:
         ("POST", "/admin/models/{model_id}/unpin"): {"200", "401", "404", "413", "431"},
         ("GET", "/admin/memory"): {"200", "401", "431"},
         ("GET", "/health"): {"200", "431", "503"},
+        ("POST", "/v1/responses"): serving,
+        ("GET", "/v1/responses/{response_id}"): {"200", "401", "404", "431"},
+        ("DELETE", "/v1/responses/{response_id}"): {"200", "401", "404", "413", "431"},
+        ("GET", "/api/version"): {"200", "401", "431"},
+        ("GET", "/api/tags"): {"200", "401", "431"},
+        ("GET", "/api/ps"): {"200", "401", "431"},
+        ("POST", "/api/show"): {"200", "400", "401", "404", "413", "431"},
+        ("POST", "/api/chat"): serving | {"409"},
+        ("POST", "/api/generate"): serving | {"409"},
+        ("POST", "/api/embed"): serving,
+        ("POST", "/api/embeddings"): serving,
+        **{
+            (method, f"/api/{operation}"): {"200", "400", "401", "403", "413", "431"}
+            for method, operation in (
+                ("POST", "pull"),
+                ("POST", "push"),
+                ("POST", "create"),
+                ("POST", "copy"),
+                ("DELETE", "delete"),
+            )
+        },
     }
 
 
@@ -563,14 +585,21 @@ def test_the_document_gives_each_answer_its_shape() -> None:
     health = paths["/health"]["get"]["responses"]
     for status in ("200", "503"):
         assert health[status]["content"]["application/json"]["schema"]["$ref"].endswith("/HealthReport")
+    # Each API family's errors in its own shape (server/errors.py's shape_for).
+    shapes = {
+        OPENAI_SHAPE: "/ErrorResponse",
+        OLLAMA_SHAPE: "/OllamaError",
+        ANTHROPIC_SHAPE: "/AnthropicError",
+    }
     errors = [
-        answer["content"]["application/json"]["schema"]["$ref"]
+        (path, answer["content"]["application/json"]["schema"]["$ref"])
         for path, operations in paths.items()
         for operation in operations.values()
         for status, answer in operation["responses"].items()
         if status >= "400" and path != "/health"
     ]
     assert errors
-    assert all(ref.endswith("/ErrorResponse") for ref in errors)
+    wrong = [(path, ref) for path, ref in errors if not ref.endswith(shapes[shape_for(path)])]
+    assert not wrong
     keep_alive = document["components"]["schemas"]["EmbeddingRequest"]["properties"]["keep_alive"]
     assert {branch.get("type") for branch in keep_alive["anyOf"]} == {"number", "string", "null"}
