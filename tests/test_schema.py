@@ -39,6 +39,7 @@ from schemathesis.config import (
 
 from conftest import RunningServer, start_server, stop_server
 from fake_engines import openapi_document
+from local_llm.server.errors import ANTHROPIC_SHAPE, shape_for
 
 pytestmark = pytest.mark.server
 
@@ -50,6 +51,8 @@ MODELS = {
     "/v1/rerank": "tiny-cross-encoder",
     "/v2/rerank": "tiny-cross-encoder",
     "/rerank": "tiny-cross-encoder",
+    "/v1/messages": "tiny-chat",
+    "/v1/messages/count_tokens": "tiny-chat",
 }
 # Generation is bounded so a valid request cannot ask for minutes of work from the tiny chat model.
 MAX_TOKENS = 8
@@ -138,6 +141,9 @@ def documented_server_errors(ctx: Any, response: schemathesis.Response, case: sc
     assert response.status_code in (503, 507), f"{response.status_code}: {response.content[:300]!r}"
     if case.operation.path == "/health":
         return True
+    if shape_for(case.operation.path) is ANTHROPIC_SHAPE:  # no code there: 503 and 507 are "overloaded"
+        assert response.json()["error"]["type"] == "overloaded_error", response.text
+        return True
     code = response.json()["error"]["code"]
     allowed = UNAVAILABLE_CODES if response.status_code == 503 else {"insufficient_memory"}
     assert code in allowed, f"{response.status_code} with the undocumented code {code!r}"
@@ -145,11 +151,19 @@ def documented_server_errors(ctx: Any, response: schemathesis.Response, case: sc
 
 
 def openai_shaped_errors(ctx: Any, response: schemathesis.Response, case: schemathesis.Case) -> bool:
-    """Every error is JSON in the OpenAI shape (the health report is /health's own)."""
+    """Every error is JSON in the OpenAI shape (the health report is /health's own), or in
+    Anthropic's on its routes."""
     if response.status_code < 400 or case.operation.path == "/health":
         return True
     content_type = ",".join(response.headers.get("content-type", []))
     assert content_type.startswith("application/json"), f"{response.status_code} as {content_type!r}"
+    if shape_for(case.operation.path) is ANTHROPIC_SHAPE:
+        body = response.json()
+        assert body["type"] == "error", body
+        assert set(body["error"]) == {"type", "message"}, body
+        assert isinstance(body["error"]["message"], str)
+        assert body["error"]["message"]
+        return True
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}, error
     assert isinstance(error["message"], str)

@@ -542,6 +542,8 @@ def test_the_document_lists_the_statuses_each_route_answers() -> None:
         ("POST", "/v1/rerank"): serving,
         ("POST", "/v2/rerank"): serving,
         ("POST", "/rerank"): serving,
+        ("POST", "/v1/messages"): serving,
+        ("POST", "/v1/messages/count_tokens"): serving,
         ("GET", "/v1/models"): {"200", "401", "431"},
         ("GET", "/v1/models/{model_id}"): {"200", "401", "404", "431"},
         ("POST", "/admin/models/{model_id}/load"): {"200", "401", "404", "413", "431", "503", "507"},
@@ -564,13 +566,15 @@ def test_the_document_gives_each_answer_its_shape() -> None:
     for status in ("200", "503"):
         assert health[status]["content"]["application/json"]["schema"]["$ref"].endswith("/HealthReport")
     errors = [
-        answer["content"]["application/json"]["schema"]["$ref"]
+        (path, answer["content"]["application/json"]["schema"]["$ref"])
         for path, operations in paths.items()
         for operation in operations.values()
         for status, answer in operation["responses"].items()
         if status >= "400" and path != "/health"
     ]
     assert errors
-    assert all(ref.endswith("/ErrorResponse") for ref in errors)
+    for path, ref in errors:  # each family's own error shape (server/errors.py's shape_for)
+        shape = "AnthropicErrorResponse" if path.startswith("/v1/messages") else "ErrorResponse"
+        assert ref.endswith("/" + shape), (path, ref)
     keep_alive = document["components"]["schemas"]["EmbeddingRequest"]["properties"]["keep_alive"]
     assert {branch.get("type") for branch in keep_alive["anyOf"]} == {"number", "string", "null"}

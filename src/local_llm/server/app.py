@@ -22,7 +22,8 @@ from local_llm.server.auth import require_api_key
 from local_llm.server.errors import install_error_handlers
 from local_llm.server.middleware import BodySizeLimit, HeaderSizeLimit
 from local_llm.server.openapi import install_openapi
-from local_llm.server.routers import admin, chat, embeddings, health, models, rerank
+from local_llm.server.routers import admin, anthropic, chat, embeddings, health, models, rerank
+from local_llm.server.serving.anthropic import AnthropicService
 from local_llm.server.serving.base import Admission
 from local_llm.server.serving.chat import ChatService
 from local_llm.server.serving.embeddings import EmbeddingsService
@@ -74,6 +75,7 @@ def create_app(
         app.state.admission = admission
         app.state.embeddings = EmbeddingsService(manager, admission, settings)
         app.state.chat = ChatService(manager, admission, settings)
+        app.state.anthropic = AnthropicService(app.state.chat)
         app.state.rerank = RerankService(manager, admission, settings)
         await manager.start()
         # While the server already answers: import heavy libraries and import GGUF files, so a
@@ -96,6 +98,7 @@ def create_app(
     app.add_middleware(HeaderSizeLimit, max_bytes=settings.max_request_header_bytes)
     authenticated = [Depends(require_api_key)]
     app.include_router(chat.router, dependencies=authenticated)
+    app.include_router(anthropic.router, dependencies=authenticated)
     app.include_router(embeddings.router, dependencies=authenticated)
     app.include_router(models.router, dependencies=authenticated)
     app.include_router(rerank.router, dependencies=authenticated)
