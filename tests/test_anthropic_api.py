@@ -147,6 +147,19 @@ def test_max_tokens_is_the_stop_reason_when_it_ends_the_answer(client: anthropic
     assert answer.stop_reason in {"end_turn", "max_tokens"}
 
 
+def test_max_tokens_beyond_what_the_prompt_leaves_is_a_cap_on_vllm(http: httpx.Client) -> None:
+    """Up to the model's context, vLLM caps max_tokens at what the prompt leaves (tiny-chat: 1024 in all);
+    the stream is closed at its first token, which aborts the generation."""
+    with http.stream("POST", "/v1/messages", json=message(max_tokens=1020, stream=True)) as response:
+        assert response.status_code == 200
+        received = ""
+        for piece in response.iter_text():
+            received += piece
+            if "event: content_block_delta" in received:
+                break
+    assert "event: message_start" in received
+
+
 def test_system_as_a_string_or_as_blocks_is_the_same_prompt(client: anthropic.Anthropic) -> None:
     def input_tokens(system: Any) -> int:
         answer = client.messages.create(model=CHAT, max_tokens=1, messages=HELLO, system=system)
@@ -477,6 +490,10 @@ IMAGE = {"type": "image", "source": {"type": "base64", "media_type": "image/png"
         (message(model="no-such-model"), 404, "not_found_error", "no-such-model"),
         (message(model="../../etc/passwd"), 404, "not_found_error", "does not exist"),
         (message(model="tiny-embed"), 400, "invalid_request_error", "/v1/messages"),
+        # Claude Code's 32,000 beyond the whole context (README: CLAUDE_CODE_MAX_OUTPUT_TOKENS); the
+        # transformers engine also refuses what the prompt leaves no room for.
+        (message(max_tokens=32_000), 400, "invalid_request_error", "max_tokens"),
+        (message(model=CHAT_HF, max_tokens=1020), 400, "invalid_request_error", "max_tokens"),
     ],
     ids=lambda value: value if isinstance(value, str) and value else None,
 )
