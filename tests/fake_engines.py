@@ -118,6 +118,11 @@ class FakeChatEngine(_Fake, ChatEngine):
         await self._work()
         return _answer("text_completion", {"text": "ok"}, request.stream)
 
+    async def count_prompt_tokens(self, request: ChatCompletionRequest) -> int:
+        """One token per message: what the fake's answers count as their prompt is not modelled."""
+        await self._work()
+        return len(request.messages)
+
     @property
     def max_model_len(self) -> int:
         return 1024

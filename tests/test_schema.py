@@ -40,7 +40,7 @@ from schemathesis.config import (
 
 from conftest import RunningServer, start_server, stop_server
 from fake_engines import openapi_document
-from local_llm.server.errors import OLLAMA_SHAPE, shape_for
+from local_llm.server.errors import ANTHROPIC_SHAPE, OLLAMA_SHAPE, shape_for
 
 pytestmark = pytest.mark.server
 
@@ -58,6 +58,8 @@ MODELS = {
     "/api/embed": "tiny-embed",
     "/api/embeddings": "tiny-embed",
     "/api/show": "tiny-chat",
+    "/v1/messages": "tiny-chat",
+    "/v1/messages/count_tokens": "tiny-chat",
 }
 # Generation is bounded so a valid request cannot ask for minutes of work from the tiny chat model.
 MAX_TOKENS = 8
@@ -149,6 +151,9 @@ def documented_server_errors(ctx: Any, response: schemathesis.Response, case: sc
     assert response.status_code in (503, 507), f"{response.status_code}: {response.content[:300]!r}"
     if case.operation.path == "/health" or shape_for(case.operation.path) is OLLAMA_SHAPE:
         return True  # Ollama's errors carry no code
+    if shape_for(case.operation.path) is ANTHROPIC_SHAPE:  # no code there: 503 and 507 are "overloaded"
+        assert response.json()["error"]["type"] == "overloaded_error", response.text
+        return True
     code = response.json()["error"]["code"]
     allowed = UNAVAILABLE_CODES if response.status_code == 503 else {"insufficient_memory"}
     assert code in allowed, f"{response.status_code} with the undocumented code {code!r}"
@@ -166,6 +171,13 @@ def family_shaped_errors(ctx: Any, response: schemathesis.Response, case: schema
         assert set(body) == {"error"}, body
         assert isinstance(body["error"], str)
         assert body["error"]
+        return True
+    if shape_for(case.operation.path) is ANTHROPIC_SHAPE:
+        body = response.json()
+        assert body["type"] == "error", body
+        assert set(body["error"]) == {"type", "message"}, body
+        assert isinstance(body["error"]["message"], str)
+        assert body["error"]["message"]
         return True
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}, error

@@ -543,6 +543,8 @@ def test_the_document_lists_the_statuses_each_route_answers() -> None:
         ("POST", "/v1/rerank"): serving,
         ("POST", "/v2/rerank"): serving,
         ("POST", "/rerank"): serving,
+        ("POST", "/v1/messages"): serving,
+        ("POST", "/v1/messages/count_tokens"): serving,
         ("GET", "/v1/models"): {"200", "401", "431"},
         ("GET", "/v1/models/{model_id}"): {"200", "401", "404", "431"},
         ("POST", "/admin/models/{model_id}/load"): {"200", "401", "404", "413", "431", "503", "507"},
@@ -589,7 +591,7 @@ def test_the_document_gives_each_answer_its_shape() -> None:
     shapes = {
         OPENAI_SHAPE: "/ErrorResponse",
         OLLAMA_SHAPE: "/OllamaError",
-        ANTHROPIC_SHAPE: "/AnthropicError",
+        ANTHROPIC_SHAPE: "/AnthropicErrorResponse",
     }
     errors = [
         (path, answer["content"]["application/json"]["schema"]["$ref"])

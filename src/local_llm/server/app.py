@@ -22,7 +22,18 @@ from local_llm.server.auth import require_api_key
 from local_llm.server.errors import install_error_handlers
 from local_llm.server.middleware import BodySizeLimit, HeaderSizeLimit
 from local_llm.server.openapi import install_openapi
-from local_llm.server.routers import admin, chat, embeddings, health, models, ollama, rerank, responses
+from local_llm.server.routers import (
+    admin,
+    anthropic,
+    chat,
+    embeddings,
+    health,
+    models,
+    ollama,
+    rerank,
+    responses,
+)
+from local_llm.server.serving.anthropic import AnthropicService
 from local_llm.server.serving.base import Admission
 from local_llm.server.serving.chat import ChatService
 from local_llm.server.serving.embeddings import EmbeddingsService
@@ -77,6 +88,7 @@ def create_app(
         app.state.embeddings = EmbeddingsService(manager, admission, settings)
         app.state.chat = ChatService(manager, admission, settings)
         app.state.responses = ResponsesService(app.state.chat, ResponseStore(settings.responses_store_size))
+        app.state.anthropic = AnthropicService(app.state.chat)
         app.state.rerank = RerankService(manager, admission, settings)
         app.state.ollama = OllamaService(
             manager, admission, settings, app.state.chat, app.state.embeddings, app.state.models
@@ -103,6 +115,7 @@ def create_app(
     authenticated = [Depends(require_api_key)]
     app.include_router(chat.router, dependencies=authenticated)
     app.include_router(responses.router, dependencies=authenticated)
+    app.include_router(anthropic.router, dependencies=authenticated)
     app.include_router(embeddings.router, dependencies=authenticated)
     app.include_router(models.router, dependencies=authenticated)
     app.include_router(rerank.router, dependencies=authenticated)

@@ -14,10 +14,11 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from local_llm.protocol.anthropic import AnthropicErrorResponse, MessageResponse
 from local_llm.protocol.errors import ErrorResponse
 from local_llm.protocol.health import HealthReport
 from local_llm.protocol.ollama import OllamaError
-from local_llm.server.errors import OLLAMA_SHAPE, shape_for
+from local_llm.server.errors import ANTHROPIC_SHAPE, OLLAMA_SHAPE, ErrorShape, shape_for
 
 Responses = dict[int | str, dict[str, Any]]
 
@@ -166,26 +167,76 @@ def ollama_stream_response(model: type) -> Responses:
     }
 
 
+# --- Anthropic's Messages routes: the same statuses, in Anthropic's error shape --------------------------
+def _anthropic_error(description: str) -> dict[str, Any]:
+    return {"model": AnthropicErrorResponse, "description": description}
+
+
+#: What /v1/messages and /v1/messages/count_tokens answer besides 200.
+ANTHROPIC_ERROR_RESPONSES: Responses = {
+    400: _anthropic_error("A field is wrong, or the model cannot serve it (invalid_request_error)."),
+    401: _anthropic_error("Missing or wrong API key, when LLM_API_KEYS is set (authentication_error)."),
+    404: _anthropic_error("No model is served under that name (not_found_error)."),
+    429: _anthropic_error("Too many requests for the model right now (rate_limit_error); see Retry-After."),
+    503: _anthropic_error(
+        "The model is loading or failed to load, its engine died, or the server is shutting down "
+        "(overloaded_error); see Retry-After."
+    ),
+    507: _anthropic_error("The model does not fit the memory budget (overloaded_error)."),
+}
+#: A message, or with `stream: true` Anthropic's named server-sent events.
+ANTHROPIC_STREAM_RESPONSE: Responses = {
+    200: {
+        "model": MessageResponse,
+        "description": "The answer: a `message` object, or with `stream: true` server-sent events "
+        "`message_start`, `content_block_start` / `content_block_delta` / `content_block_stop` per block, "
+        "`message_delta`, `message_stop` (`ping` may come between; a failure after the start ends with "
+        "an `error` event).",
+        "content": {
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "required": ["event", "data"],
+                    "properties": {
+                        "event": {"type": "string", "description": "The event's type."},
+                        "data": {"type": "string", "description": "The event as JSON, its `type` repeated."},
+                    },
+                }
+            }
+        },
+    }
+}
+
 # Answered by the middleware (server/middleware.py) before any route, on every route, in the shape of
-# the route's API family.
-_ERROR_REF = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
-_OLLAMA_ERROR_REF = {"application/json": {"schema": {"$ref": "#/components/schemas/OllamaError"}}}
-_HEADERS_TOO_LARGE = {
-    "description": "The request's headers are larger than LLM_MAX_REQUEST_HEADER_KB "
-    "(request_header_fields_too_large).",
-    "content": _ERROR_REF,
-}
-_BODY_TOO_LARGE = {
-    "description": "The body is larger than LLM_MAX_REQUEST_BODY_MB (request_too_large).",
-    "content": _ERROR_REF,
+# the route's API family (server/errors.py's shape_for).
+_ERROR_SCHEMAS: dict[ErrorShape, str] = {
+    ANTHROPIC_SHAPE: AnthropicErrorResponse.__name__,
+    OLLAMA_SHAPE: OllamaError.__name__,
 }
 
 
-def _add_edge_responses(method: str, responses: dict[str, Any], path: str = "") -> None:
-    content = _OLLAMA_ERROR_REF if shape_for(path) is OLLAMA_SHAPE else _ERROR_REF
-    responses.setdefault("431", {**_HEADERS_TOO_LARGE, "content": content})
+def _error_ref(path: str) -> dict[str, Any]:
+    name = _ERROR_SCHEMAS.get(shape_for(path), ErrorResponse.__name__)
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}
+
+
+def _add_edge_responses(path: str, method: str, responses: dict[str, Any]) -> None:
+    responses.setdefault(
+        "431",
+        {
+            "description": "The request's headers are larger than LLM_MAX_REQUEST_HEADER_KB "
+            "(request_header_fields_too_large).",
+            "content": _error_ref(path),
+        },
+    )
     if method in ("post", "delete"):
-        responses.setdefault("413", {**_BODY_TOO_LARGE, "content": content})
+        responses.setdefault(
+            "413",
+            {
+                "description": "The body is larger than LLM_MAX_REQUEST_BODY_MB (request_too_large).",
+                "content": _error_ref(path),
+            },
+        )
 
 
 def install_openapi(app: FastAPI) -> None:
@@ -199,7 +250,7 @@ def install_openapi(app: FastAPI) -> None:
                 for method, operation in path.items():
                     responses = operation.setdefault("responses", {})
                     responses.pop("422", None)
-                    _add_edge_responses(method, responses, route)
+                    _add_edge_responses(route, method, responses)
                     operation["responses"] = dict(sorted(responses.items()))
             for unused in ("HTTPValidationError", "ValidationError"):
                 schema.get("components", {}).get("schemas", {}).pop(unused, None)

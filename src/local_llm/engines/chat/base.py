@@ -25,3 +25,9 @@ class ChatEngine(Engine):
     @abstractmethod
     async def complete(self, request: CompletionRequest) -> ChatResult:
         """Answer a legacy completion."""
+
+    @abstractmethod
+    async def count_prompt_tokens(self, request: ChatCompletionRequest) -> int:
+        """The tokens of the chat request's prompt, rendered by the model's chat template with its
+        tools, exactly as :meth:`chat` would render it (its ``usage.prompt_tokens``); nothing is
+        generated. Anthropic's count_tokens route asks this."""

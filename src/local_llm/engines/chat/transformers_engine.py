@@ -74,6 +74,8 @@ class Generated:
     text: str
     finish_reason: str
     logprobs: list[dict[str, Any]] | None = None
+    # The stop string the text was cut at, as vLLM reports it (the choice's ``stop_reason``).
+    stop_reason: str | None = None
 
 
 class TransformersChatEngine(TorchModuleParking, ChatEngine):
@@ -149,7 +151,7 @@ class TransformersChatEngine(TorchModuleParking, ChatEngine):
     # --- chat ----------------------------------------------------------------------------------
     async def chat(self, request: ChatCompletionRequest) -> ChatResult:
         self.check_alive()
-        tools = [tool.model_dump(exclude_none=True) for tool in request.tools or ()]
+        tools = _tool_dicts(request)
         prompt = self._render(request, tools)
         choice = request.tool_choice
         schema = _response_schema(request)
@@ -169,6 +171,10 @@ class TransformersChatEngine(TorchModuleParking, ChatEngine):
         if not request.stream:
             return orjson.dumps(body)
         return _as_chat_stream(body, request)
+
+    async def count_prompt_tokens(self, request: ChatCompletionRequest) -> int:
+        self.check_alive()
+        return len(self._render(request, _tool_dicts(request)))
 
     def _render(self, request: ChatCompletionRequest, tools: list[dict[str, Any]]) -> list[int]:
         messages = [_message_dict(message.model_dump(exclude_none=True)) for message in request.messages]
@@ -199,7 +205,12 @@ class TransformersChatEngine(TorchModuleParking, ChatEngine):
                 message = {"role": "assistant", "content": calls[1] or None, "tool_calls": calls[0]}
                 if not isinstance(request.tool_choice, NamedToolChoice):  # vLLM's (and OpenAI's) rule
                     finish = "tool_calls"
-            choice: dict[str, Any] = {"index": index, "message": message, "finish_reason": finish}
+            choice: dict[str, Any] = {
+                "index": index,
+                "message": message,
+                "finish_reason": finish,
+                "stop_reason": result.stop_reason,
+            }
             choice["logprobs"] = {"content": result.logprobs} if result.logprobs is not None else None
             choices.append(choice)
         return {
@@ -255,8 +266,12 @@ class TransformersChatEngine(TorchModuleParking, ChatEngine):
     ) -> AsyncIterator[bytes]:
         stream_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
-        def chunk(delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> bytes:
+        def chunk(
+            delta: dict[str, Any], finish: str | None = None, logprobs: Any = None, stop: str | None = None
+        ) -> bytes:
             choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+            if finish is not None:
+                choice["stop_reason"] = stop
             return _event(
                 {
                     "id": stream_id,
@@ -277,7 +292,7 @@ class TransformersChatEngine(TorchModuleParking, ChatEngine):
                 else:
                     result = piece
         assert result is not None
-        yield chunk({}, result.finish_reason)
+        yield chunk({}, result.finish_reason, stop=result.stop_reason)
         if request.stream_options and request.stream_options.include_usage:
             usage = _usage(len(prompt), [result])
             yield _event(
@@ -516,11 +531,11 @@ class TransformersChatEngine(TorchModuleParking, ChatEngine):
                 ids.pop()
             finish = "length" if len(ids) >= sampling.max_tokens else "stop"
         text = tokenizer.decode(ids, skip_special_tokens=True)
-        cut = min((text.find(s) for s in sampling.stop if s in text), default=-1)
-        if cut >= 0:
-            text, finish = text[:cut], "stop"
+        matched = min((s for s in sampling.stop if s in text), key=text.find, default=None)
+        if matched is not None:
+            text, finish = text[: text.find(matched)], "stop"
         logprobs = self._logprobs(ids, logits, row, sampling.top_logprobs) if logits is not None else None
-        return Generated(ids, text, finish, logprobs)
+        return Generated(ids, text, finish, logprobs, matched)
 
     def _logprobs(
         self, ids: list[int], logits: Sequence[Any], row: int, top: int | None
@@ -582,6 +597,11 @@ class _TokenStreamer:
 
     def end(self) -> None:
         self._on_token(None)
+
+
+def _tool_dicts(request: ChatCompletionRequest) -> list[dict[str, Any]]:
+    """The request's tools as the chat template reads them."""
+    return [tool.model_dump(exclude_none=True) for tool in request.tools or ()]
 
 
 def _message_dict(message: dict[str, Any]) -> dict[str, Any]:
@@ -668,7 +688,13 @@ async def _as_chat_stream(body: dict[str, Any], request: ChatCompletionRequest) 
         if "tool_calls" in message:
             delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
         content = {"index": index, "delta": delta, "logprobs": choice["logprobs"], "finish_reason": None}
-        finish = {"index": index, "delta": {}, "logprobs": None, "finish_reason": choice["finish_reason"]}
+        finish = {
+            "index": index,
+            "delta": {},
+            "logprobs": None,
+            "finish_reason": choice["finish_reason"],
+            "stop_reason": choice.get("stop_reason"),
+        }
         yield _event({**head, "choices": [content]})
         yield _event({**head, "choices": [finish]})
     if request.stream_options and request.stream_options.include_usage:

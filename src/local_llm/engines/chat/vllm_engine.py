@@ -386,7 +386,21 @@ class VllmChatEngine(ChatEngine):
             logger.info("vLLM refused a request for %s: %s", self.spec.name, exc)
             raise _client_error(str(exc), getattr(exc, "parameter", None)) from None
 
+    async def count_prompt_tokens(self, request: ChatCompletionRequest) -> int:
+        """Rendered by vLLM's own chat serving (``render_chat_request``: the same template, tools and
+        tokenizer as an answer's prompt), as vLLM's Anthropic count_tokens does; nothing is scheduled."""
+        vllm_request = self._to_vllm(self._chat_request_type, request)
+        _, engine_inputs = await self._call(lambda: self._chat.render_chat_request(vllm_request))
+        return sum(len(item["prompt_token_ids"]) for item in engine_inputs if "prompt_token_ids" in item)
+
     async def _run(self, call: Any) -> ChatResult:
+        result = await self._call(call)
+        if isinstance(result, AsyncIterator):
+            return self._events(result)
+        return result.model_dump_json(exclude_none=True).encode()
+
+    async def _call(self, call: Any) -> Any:
+        """``call()`` into vLLM's serving code, its refusals and failures as our domain errors."""
         if self._dead_cause() is not None:
             raise self._failed()
         error_response, client_errors, dead_error = _vllm_error_types()
@@ -408,9 +422,7 @@ class VllmChatEngine(ChatEngine):
             if self._dead_cause() is not None:
                 raise self._failed()
             raise EngineError(f"vLLM failed on the request: {error.message}")
-        if isinstance(result, AsyncIterator):
-            return self._events(result)
-        return result.model_dump_json(exclude_none=True).encode()
+        return result
 
     async def _events(self, events: AsyncIterator[str]) -> AsyncIterator[bytes]:
         """vLLM's SSE strings as bytes, ended by ``data: [DONE]``. vLLM reports a failure mid-stream as

@@ -44,6 +44,8 @@ class Dialect:
     fields: FieldNames = CHAT_FIELDS
     #: The family's end-of-stream marker, written after a failure's event too (``b""``: none).
     stream_end: bytes = STREAM_END
+    #: The route the family's requests come to: what a model that cannot chat is told it cannot serve.
+    route: str = CHAT_ROUTE
 
     def answer(self, body: bytes) -> bytes:
         """The engine's finished OpenAI answer (a ``chat.completion`` / ``text_completion`` JSON
@@ -90,19 +92,22 @@ class _ChatServing(Serving[ChatEngine]):
 class ChatService:
     def __init__(self, manager: ModelManager, admission: Admission, settings: Settings) -> None:
         self._chat = _ChatServing(manager, admission, settings, Capability.CHAT, CHAT_ROUTE)
+        # The same serving under each family's route, made on first use (it only names the route).
+        self._chat_by_route: dict[str, _ChatServing] = {CHAT_ROUTE: self._chat}
         self._completions: Serving[ChatEngine] = Serving(
             manager, admission, settings, Capability.COMPLETIONS, COMPLETIONS_ROUTE
         )
 
     async def chat(self, request: ChatCompletionRequest, dialect: Dialect = OPENAI) -> ChatResult:
         """Answer a chat request, in ``dialect``'s words (OpenAI's unless told)."""
-        spec = self._chat.resolve(request.model)
+        serving = self._serving(dialect)
+        spec = serving.resolve(request.model)
         check_chat_request(request)
 
         async def work(engine: ChatEngine) -> ChatResult:
             return _spoken(await engine.chat(request), dialect)
 
-        return await self._chat.call_streaming(
+        return await serving.call_streaming(
             spec,
             work,
             fields=dialect.fields,
@@ -110,6 +115,29 @@ class ChatService:
             end=dialect.stream_end,
             keep_alive_s=request.keep_alive,
         )
+
+    async def count_prompt_tokens(self, request: ChatCompletionRequest, dialect: Dialect = OPENAI) -> int:
+        """The tokens of ``request``'s prompt as its model's chat template renders it, tools included
+        (what its answer's ``usage.prompt_tokens`` would say), errors in ``dialect``'s names; the model
+        is leased as for an answer."""
+        serving = self._serving(dialect)
+        spec = serving.resolve(request.model)
+        check_chat_request(request)
+
+        async def work(engine: ChatEngine) -> int:
+            return await engine.count_prompt_tokens(request)
+
+        return await serving.call(spec, work, fields=dialect.fields, keep_alive_s=request.keep_alive)
+
+    def _serving(self, dialect: Dialect) -> _ChatServing:
+        serving = self._chat_by_route.get(dialect.route)
+        if serving is None:
+            chat = self._chat
+            serving = _ChatServing(
+                chat.manager, chat.admission, chat.settings, Capability.CHAT, dialect.route
+            )
+            self._chat_by_route[dialect.route] = serving
+        return serving
 
     async def complete(self, request: CompletionRequest, dialect: Dialect | None = None) -> ChatResult:
         """Answer a legacy completion, in ``dialect``'s words (OpenAI's unless told)."""

@@ -1,0 +1,33 @@
+"""Routes for Anthropic's Messages API (what Claude Code and the ``anthropic`` SDK speak): validation
+by the protocol models, work by the service; a streamed answer is sent as server-sent events with
+``event:`` names. Clients add ``?beta=true`` and ``anthropic-version`` / ``anthropic-beta`` headers;
+nothing here depends on them."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
+
+from local_llm.protocol.anthropic import CountTokensRequest, CountTokensResponse, MessagesRequest
+from local_llm.server.cancellation import with_cancellation
+from local_llm.server.openapi import ANTHROPIC_ERROR_RESPONSES, ANTHROPIC_STREAM_RESPONSE
+from local_llm.server.serving.anthropic import AnthropicService
+
+router = APIRouter(tags=["anthropic"], responses=ANTHROPIC_ERROR_RESPONSES)
+
+
+@router.post("/v1/messages", responses=ANTHROPIC_STREAM_RESPONSE)
+@with_cancellation
+async def create_message(body: MessagesRequest, request: Request) -> Response:
+    service: AnthropicService = request.app.state.anthropic
+    result = await service.create(body)
+    if isinstance(result, bytes):
+        return Response(result, media_type="application/json")
+    return StreamingResponse(result, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+@router.post("/v1/messages/count_tokens")
+@with_cancellation
+async def count_message_tokens(body: CountTokensRequest, request: Request) -> CountTokensResponse:
+    service: AnthropicService = request.app.state.anthropic
+    return await service.count_tokens(body)
