@@ -329,6 +329,7 @@ class ResponsesDialect(Dialect):
     """One request's answer as a ``response`` object or its event stream; stores it when asked."""
 
     fields = RESPONSES_FIELDS
+    route = RESPONSES_ROUTE
     stream_end = b""  # the stream's last event (completed, incomplete or failed) is its end
 
     def __init__(
