@@ -88,24 +88,27 @@ STREAM_RESPONSE: Responses = {
         },
     }
 }
+# Server-sent events with an ``event:`` line (Responses, Anthropic): one such event, as OpenAPI 3.1's
+# ``schema`` describes one.
+_NAMED_EVENTS = {
+    "text/event-stream": {
+        "schema": {
+            "type": "object",
+            "required": ["event", "data"],
+            "properties": {
+                "event": {"type": "string", "description": "The event's type."},
+                "data": {"type": "string", "description": "The event as JSON, its `type` repeated."},
+            },
+        }
+    }
+}
 #: A Responses answer: a ``response`` object, or its stream of named events.
 RESPONSES_STREAM_RESPONSE: Responses = {
     200: {
         "description": "The answer: an OpenAI `response` object, or with `stream: true` server-sent "
         "events from `response.created` to `response.completed` (or `response.incomplete`, or "
         "`response.failed` if the answer fails after it began).",
-        "content": {
-            "text/event-stream": {
-                "schema": {
-                    "type": "object",
-                    "required": ["event", "data"],
-                    "properties": {
-                        "event": {"type": "string", "description": "The event type: `response.created`, ..."},
-                        "data": {"type": "string", "description": "The event as JSON."},
-                    },
-                }
-            }
-        },
+        "content": _NAMED_EVENTS,
     }
 }
 #: Routes that read or delete one stored response.
@@ -192,18 +195,7 @@ ANTHROPIC_STREAM_RESPONSE: Responses = {
         "`message_start`, `content_block_start` / `content_block_delta` / `content_block_stop` per block, "
         "`message_delta`, `message_stop` (`ping` may come between; a failure after the start ends with "
         "an `error` event).",
-        "content": {
-            "text/event-stream": {
-                "schema": {
-                    "type": "object",
-                    "required": ["event", "data"],
-                    "properties": {
-                        "event": {"type": "string", "description": "The event's type."},
-                        "data": {"type": "string", "description": "The event as JSON, its `type` repeated."},
-                    },
-                }
-            }
-        },
+        "content": _NAMED_EVENTS,
     }
 }
 

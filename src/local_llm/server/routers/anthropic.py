@@ -6,11 +6,11 @@ nothing here depends on them."""
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import StreamingResponse
 
 from local_llm.protocol.anthropic import CountTokensRequest, CountTokensResponse, MessagesRequest
 from local_llm.server.cancellation import with_cancellation
 from local_llm.server.openapi import ANTHROPIC_ERROR_RESPONSES, ANTHROPIC_STREAM_RESPONSE
+from local_llm.server.routers.answers import answer
 from local_llm.server.serving.anthropic import AnthropicService
 
 router = APIRouter(tags=["anthropic"], responses=ANTHROPIC_ERROR_RESPONSES)
@@ -20,10 +20,7 @@ router = APIRouter(tags=["anthropic"], responses=ANTHROPIC_ERROR_RESPONSES)
 @with_cancellation
 async def create_message(body: MessagesRequest, request: Request) -> Response:
     service: AnthropicService = request.app.state.anthropic
-    result = await service.create(body)
-    if isinstance(result, bytes):
-        return Response(result, media_type="application/json")
-    return StreamingResponse(result, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return answer(await service.create(body))
 
 
 @router.post("/v1/messages/count_tokens")

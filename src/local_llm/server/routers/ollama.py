@@ -4,10 +4,7 @@ streamed answer is NDJSON (``application/x-ndjson``), one object a line. Errors 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import StreamingResponse
 
 from local_llm.protocol.ollama import (
     ChatRequest,
@@ -34,22 +31,15 @@ from local_llm.server.openapi import (
     OLLAMA_REFUSED_RESPONSES,
     ollama_stream_response,
 )
+from local_llm.server.routers.answers import NDJSON, answer
 from local_llm.server.serving.ollama import OllamaService
 
 router = APIRouter(prefix="/api", tags=["ollama"])
-
-NDJSON = "application/x-ndjson"
 
 
 def _service(request: Request) -> OllamaService:
     service: OllamaService = request.app.state.ollama
     return service
-
-
-def _respond(result: bytes | AsyncIterator[bytes]) -> Response:
-    if isinstance(result, bytes):
-        return Response(result, media_type="application/json")
-    return StreamingResponse(result, media_type=NDJSON, headers={"Cache-Control": "no-cache"})
 
 
 @router.get("/version", response_model=VersionResponse, responses=OLLAMA_LIST_RESPONSES)
@@ -78,7 +68,7 @@ async def running_models(request: Request) -> Response:
 @router.post("/chat", responses={**OLLAMA_GENERATION_RESPONSES, **ollama_stream_response(ChatResponse)})
 @with_cancellation
 async def chat(body: ChatRequest, request: Request) -> Response:
-    return _respond(await _service(request).chat(body))
+    return answer(await _service(request).chat(body), NDJSON)
 
 
 @router.post(
@@ -86,7 +76,7 @@ async def chat(body: ChatRequest, request: Request) -> Response:
 )
 @with_cancellation
 async def generate(body: GenerateRequest, request: Request) -> Response:
-    return _respond(await _service(request).generate(body))
+    return answer(await _service(request).generate(body), NDJSON)
 
 
 @router.post("/embed", response_model=EmbedResponse, responses=OLLAMA_EMBED_RESPONSES)

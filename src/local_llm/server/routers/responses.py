@@ -6,11 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import StreamingResponse
 
 from local_llm.protocol.responses import ResponsesRequest
 from local_llm.server.cancellation import with_cancellation
 from local_llm.server.openapi import ERROR_RESPONSES, RESPONSES_STREAM_RESPONSE, STORED_RESPONSE_RESPONSES
+from local_llm.server.routers.answers import answer
 from local_llm.server.serving.responses import ResponsesService
 
 router = APIRouter(tags=["responses"])
@@ -20,10 +20,7 @@ router = APIRouter(tags=["responses"])
 @with_cancellation
 async def create_response(body: ResponsesRequest, request: Request) -> Response:
     service: ResponsesService = request.app.state.responses
-    result = await service.create(body)
-    if isinstance(result, bytes):
-        return Response(result, media_type="application/json")
-    return StreamingResponse(result, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return answer(await service.create(body))
 
 
 @router.get("/v1/responses/{response_id}", responses=STORED_RESPONSE_RESPONSES)

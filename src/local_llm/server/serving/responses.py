@@ -510,26 +510,14 @@ class ResponsesDialect(Dialect):
         placeholder = item.rendered("in_progress", text="")
         self._output.append(placeholder)
         events = [self._event("response.output_item.added", output_index=item.output_index, item=placeholder)]
-        if item.kind == "message":
-            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        if item.kind in ("message", "reasoning"):  # a function call has no content parts
             events.append(
                 self._event(
                     "response.content_part.added",
                     item_id=item.item_id,
                     output_index=item.output_index,
                     content_index=0,
-                    part=part,
-                )
-            )
-        elif item.kind == "reasoning":
-            part = {"type": "reasoning_text", "text": ""}
-            events.append(
-                self._event(
-                    "response.content_part.added",
-                    item_id=item.item_id,
-                    output_index=item.output_index,
-                    content_index=0,
-                    part=part,
+                    part=placeholder["content"][0],
                 )
             )
         return events
