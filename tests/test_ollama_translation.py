@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from local_llm.errors import ModelNotFoundError
-from local_llm.protocol.ollama import Message, OllamaOptions
+from local_llm.protocol.ollama import OllamaMessage, OllamaOptions
 from local_llm.registry import ModelKind, ModelRegistry, ModelSpec, WeightFormat, tagged_name
 from local_llm.server.serving.chat import STREAM_END
 from local_llm.server.serving.ollama import (
@@ -117,8 +117,8 @@ def test_a_length_finish_is_ollamas_length() -> None:
 
 def test_tool_calls_and_their_results_become_openai_messages() -> None:
     messages = [
-        Message(role="user", content="Weather and time in Paris?"),
-        Message.model_validate(
+        OllamaMessage(role="user", content="Weather and time in Paris?"),
+        OllamaMessage.model_validate(
             {
                 "role": "assistant",
                 "content": "",
@@ -128,9 +128,9 @@ def test_tool_calls_and_their_results_become_openai_messages() -> None:
                 ],
             }
         ),
-        Message(role="tool", content="12:00", tool_name="get_time"),  # answers the second call by name
-        Message(role="tool", content="sunny"),  # the one left
-        Message(
+        OllamaMessage(role="tool", content="12:00", tool_name="get_time"),  # answers the second call by name
+        OllamaMessage(role="tool", content="sunny"),  # the one left
+        OllamaMessage(
             role="user", content="look", images=["iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4"]
         ),
     ]

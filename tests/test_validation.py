@@ -577,6 +577,15 @@ def test_the_document_lists_the_statuses_each_route_answers() -> None:
     }
 
 
+def test_every_schema_has_its_own_name() -> None:
+    """Two API families' models of one name (a ``Message``, a ``Tool``) would be named by their module
+    paths in the document (``local_llm__protocol__ollama__Message``): each model's name is unique."""
+    from fake_engines import openapi_document
+
+    names = openapi_document()["components"]["schemas"]
+    assert [name for name in names if "__" in name] == []
+
+
 def test_the_document_gives_each_answer_its_shape() -> None:
     from fake_engines import openapi_document
 

@@ -119,7 +119,7 @@ SystemPrompt = Annotated[
 ]
 
 
-class Message(BaseModel):
+class MessageParam(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: Literal["user", "assistant"]
@@ -129,7 +129,7 @@ class Message(BaseModel):
 # --- Tools ----------------------------------------------------------------------------------------
 
 
-class Tool(BaseModel):
+class ToolParam(BaseModel):
     """A client tool (``type`` absent or ``custom``: the model calls it, the client runs it), or one of
     Anthropic's server tools (``web_search_20250305``, ``bash_20250124``, ...), which this server
     cannot run: those are left out of the request, with a warning in the log."""
@@ -148,7 +148,7 @@ class Tool(BaseModel):
         return self.type in (None, "custom")
 
     @model_validator(mode="after")
-    def _custom_tool_is_complete(self) -> Tool:
+    def _custom_tool_is_complete(self) -> ToolParam:
         if not self.is_custom:
             return self
         if self.input_schema is None:
@@ -186,11 +186,11 @@ class _Prompt(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    messages: list[Message] = Field(min_length=1)
+    messages: list[MessageParam] = Field(min_length=1)
     model: str
     system: SystemPrompt | None = None
     tool_choice: ToolChoice | None = None
-    tools: list[Tool] | None = None
+    tools: list[ToolParam] | None = None
     # This server's own (as on every generating route): how long the model stays loaded after.
     keep_alive: KeepAlive = None
 

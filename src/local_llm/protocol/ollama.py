@@ -135,7 +135,7 @@ ModelName = Annotated[
 # --- /api/chat -----------------------------------------------------------------------------------
 
 
-class ToolCallFunction(BaseModel):
+class OllamaToolCallFunction(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     name: StrictStr
@@ -143,21 +143,21 @@ class ToolCallFunction(BaseModel):
     arguments: dict[str, Any] | StrictStr = Field(default_factory=dict)
 
 
-class ToolCall(BaseModel):
+class OllamaToolCall(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     id: StrictStr | None = None
-    function: ToolCallFunction
+    function: OllamaToolCallFunction
 
 
-class Message(BaseModel):
+class OllamaMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "user", "assistant", "tool"]
     content: StrictStr | None = ""
     thinking: StrictStr | None = None
     images: list[StrictStr] | None = None
-    tool_calls: list[ToolCall] | None = None
+    tool_calls: list[OllamaToolCall] | None = None
     # A tool message: the tool that answered (Ollama's), or the call it answers (OpenAI's name for it,
     # which langchain-ollama and Open WebUI send).
     tool_name: StrictStr | None = None
@@ -170,7 +170,7 @@ class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: ModelName
-    messages: list[Message] = Field(
+    messages: list[OllamaMessage] = Field(
         default_factory=list, description="An empty list loads the model (with `keep_alive: 0`, unloads it)."
     )
     tools: list[Tool] | None = None
@@ -384,7 +384,7 @@ class EmbedResponse(BaseModel):
     prompt_eval_count: int | None = None
 
 
-class EmbeddingResponse(BaseModel):
+class OllamaEmbeddingResponse(BaseModel):
     embedding: list[float]
 
 

@@ -9,13 +9,13 @@ from fastapi import APIRouter, Request, Response
 from local_llm.protocol.ollama import (
     ChatRequest,
     ChatResponse,
-    EmbeddingResponse,
     EmbeddingsRequest,
     EmbedRequest,
     EmbedResponse,
     GenerateRequest,
     GenerateResponse,
     ModelOperationRequest,
+    OllamaEmbeddingResponse,
     PsResponse,
     ShowRequest,
     ShowResponse,
@@ -85,7 +85,7 @@ async def embed(body: EmbedRequest, request: Request) -> Response:
     return Response(await _service(request).embed(body), media_type="application/json")
 
 
-@router.post("/embeddings", response_model=EmbeddingResponse, responses=OLLAMA_EMBED_RESPONSES)
+@router.post("/embeddings", response_model=OllamaEmbeddingResponse, responses=OLLAMA_EMBED_RESPONSES)
 @with_cancellation
 async def embeddings(body: EmbeddingsRequest, request: Request) -> Response:
     return Response(await _service(request).embeddings(body), media_type="application/json")

@@ -36,7 +36,7 @@ from local_llm.protocol.anthropic import (
     CountTokensRequest,
     CountTokensResponse,
     ImageBlock,
-    Message,
+    MessageParam,
     MessageResponse,
     MessagesRequest,
     OutputBlock,
@@ -124,7 +124,7 @@ def _system_messages(system: str | list[TextBlock] | None) -> list[dict[str, Any
     return [{"role": "system", "content": system}] if system else []
 
 
-def _conversation(messages: list[Message]) -> list[dict[str, Any]]:
+def _conversation(messages: list[MessageParam]) -> list[dict[str, Any]]:
     converted: list[dict[str, Any]] = []
     last = len(messages) - 1
     for index, message in enumerate(messages):
@@ -142,7 +142,7 @@ def _conversation(messages: list[Message]) -> list[dict[str, Any]]:
     return converted
 
 
-def _user_turn(message: Message, index: int) -> list[dict[str, Any]]:
+def _user_turn(message: MessageParam, index: int) -> list[dict[str, Any]]:
     """A user turn in order: its tool results as tool messages where they stand, and its text and
     images as user messages between them."""
     turn: list[dict[str, Any]] = []
@@ -174,7 +174,7 @@ def _user_turn(message: Message, index: int) -> list[dict[str, Any]]:
     return turn
 
 
-def _assistant_turn(message: Message, index: int) -> list[dict[str, Any]]:
+def _assistant_turn(message: MessageParam, index: int) -> list[dict[str, Any]]:
     parts: list[dict[str, Any]] = []
     calls: list[dict[str, Any]] = []
     for block in message.content:

@@ -67,10 +67,10 @@ from local_llm.protocol.ollama import (
     GenerateRequest,
     GenerateResponse,
     ListedModel,
-    Message,
     ModelDetails,
     ModelOperationRequest,
     OllamaError,
+    OllamaMessage,
     OllamaOptions,
     PsResponse,
     RunningModel,
@@ -410,7 +410,7 @@ def _user_content(text: str, images: Sequence[str] | None) -> str | list[dict[st
     return [{"type": "text", "text": text}, *(_image_url(image) for image in images)]
 
 
-def _chat_messages(messages: Iterable[Message]) -> list[dict[str, Any]]:
+def _chat_messages(messages: Iterable[OllamaMessage]) -> list[dict[str, Any]]:
     """Ollama's messages as OpenAI's. Tool calls get ids (Ollama's may have none) and each tool answer
     is matched to its call: by ``tool_call_id`` when the client sent one, else the first unanswered
     call of the ``tool_name``, else the first unanswered call."""
@@ -451,7 +451,7 @@ def _chat_messages(messages: Iterable[Message]) -> list[dict[str, Any]]:
     return converted
 
 
-def _answered_call(message: Message, unanswered: list[tuple[str, str]]) -> str:
+def _answered_call(message: OllamaMessage, unanswered: list[tuple[str, str]]) -> str:
     matches = [
         i
         for i, (call_id, name) in enumerate(unanswered)
