@@ -177,6 +177,20 @@ def test_system_as_a_string_or_as_blocks_is_the_same_prompt(client: anthropic.An
     assert input_tokens(terse) < as_string  # the second block is in the prompt
 
 
+def test_system_turns_among_the_messages_join_the_system_prompt(client: anthropic.Anthropic) -> None:
+    """Claude Code 2.1 sends system turns between the others (its list of agents, its reminders)."""
+    reminder = "Today's date is 2026-12-01."
+    inline = [HELLO[0], {"role": "system", "content": [{"type": "text", "text": reminder}]}]
+    beside = client.messages.create(model=CHAT, max_tokens=1, messages=inline, system="Be terse.")  # type: ignore[list-item]
+    merged = client.messages.create(
+        model=CHAT, max_tokens=1, messages=HELLO, system=f"Be terse.\n\n{reminder}"
+    )
+    assert beside.usage.input_tokens == merged.usage.input_tokens
+    counted = client.messages.count_tokens(model=CHAT, messages=inline, system="Be terse.")  # type: ignore[arg-type]
+    alone = client.messages.count_tokens(model=CHAT, messages=HELLO, system="Be terse.")  # type: ignore[arg-type]
+    assert counted.input_tokens == beside.usage.input_tokens > alone.input_tokens
+
+
 def test_claude_codes_extras_beta_route_and_headers_are_accepted(client: anthropic.Anthropic) -> None:
     """Claude Code uses the beta client: ``?beta=true``, an ``anthropic-beta`` header, and fields
     this server ignores (thinking, metadata, service_tier, context_management, cache_control)."""
@@ -447,7 +461,7 @@ IMAGE = {"type": "image", "source": {"type": "base64", "media_type": "image/png"
         (message(max_tokens=0), 400, "invalid_request_error", "max_tokens"),
         (message(max_tokens="ten"), 400, "invalid_request_error", "max_tokens"),
         (message(messages=[]), 400, "invalid_request_error", "messages"),
-        (message(messages=[{"role": "system", "content": "Hi"}]), 400, "invalid_request_error", "messages"),
+        (message(messages=[{"role": "tool", "content": "Hi"}]), 400, "invalid_request_error", "messages"),
         (message(messages=[{"role": "user", "content": 5}]), 400, "invalid_request_error", "messages"),
         (message(messages=[{"role": "user", "content": []}]), 400, "invalid_request_error", "empty"),
         (

@@ -120,9 +120,12 @@ SystemPrompt = Annotated[
 
 
 class MessageParam(BaseModel):
+    """A turn. ``system`` turns stand between the others in Claude Code's requests (its per-turn
+    reminders, its list of agents): the service merges them into the leading system prompt."""
+
     model_config = ConfigDict(extra="allow")
 
-    role: Literal["user", "assistant"]
+    role: Literal["user", "assistant", "system"]
     content: MessageContent
 
 

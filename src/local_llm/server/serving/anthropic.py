@@ -88,7 +88,10 @@ def chat_request(request: MessagesRequest | CountTokensRequest) -> ChatCompletio
     """The chat completion ``request`` asks for; a 400 naming the field for what cannot be one."""
     fields: dict[str, Any] = {
         "model": request.model,
-        "messages": [*_system_messages(request.system), *_conversation(request.messages)],
+        "messages": [
+            *_system_messages(request.system, _inline_system(request.messages)),
+            *_conversation(request.messages),
+        ],
     }
     fields.update(_tool_fields(request))
     if request.keep_alive is not None:
@@ -117,17 +120,44 @@ def chat_request(request: MessagesRequest | CountTokensRequest) -> ChatCompletio
         ) from None
 
 
-def _system_messages(system: str | list[TextBlock] | None) -> list[dict[str, Any]]:
+def _system_messages(system: str | list[TextBlock] | None, inline: list[str]) -> list[dict[str, Any]]:
+    """The system prompt, then the text of the system turns among the messages, as one leading system
+    message: many chat templates (Qwen's) refuse a system message anywhere but first. Why not kept in
+    place where a template allows it: one rule for every template; the price is that a new reminder
+    changes the prompt's prefix, so a long conversation gets fewer prefix-cache hits."""
     if isinstance(system, list):
         texts = [block.text for block in system if block.text and not block.text.startswith(_BILLING_HEADER)]
-        system = "\n\n".join(texts)
-    return [{"role": "system", "content": system}] if system else []
+    else:
+        texts = [system] if system else []
+    merged = "\n\n".join([*texts, *inline])
+    return [{"role": "system", "content": merged}] if merged else []
+
+
+def _inline_system(messages: list[MessageParam]) -> list[str]:
+    """The text of the ``system`` turns among ``messages`` (text blocks only: a 400 otherwise)."""
+    texts = []
+    for index, message in enumerate(messages):
+        if message.role != "system":
+            continue
+        if isinstance(message.content, str):
+            texts.append(message.content)
+            continue
+        for block in message.content:
+            if not isinstance(block, TextBlock):
+                raise InvalidRequestError(
+                    f"messages.{index}: a system turn may hold only text blocks, not '{block.type}'",
+                    param="messages",
+                )
+            texts.append(block.text)
+    return [text for text in texts if text]
 
 
 def _conversation(messages: list[MessageParam]) -> list[dict[str, Any]]:
     converted: list[dict[str, Any]] = []
     last = len(messages) - 1
     for index, message in enumerate(messages):
+        if message.role == "system":
+            continue  # merged into the leading system prompt (_inline_system)
         if isinstance(message.content, str):
             converted.append({"role": message.role, "content": message.content})
         elif not message.content and not (index == last and message.role == "assistant"):
