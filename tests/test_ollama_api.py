@@ -84,6 +84,20 @@ def assert_measured(final: Any) -> None:
 # --- models: version, tags, show, ps --------------------------------------------------------------------
 
 
+def test_a_body_sent_as_curl_d_sends_it_is_read_as_json(http: httpx.Client) -> None:
+    """Ollama's docs use ``curl ... -d '{...}'``: form-encoded by curl, JSON to Ollama's server."""
+    body = json.dumps(
+        {"model": "tiny-chat:latest", "stream": False, "options": {"num_predict": 2}, "messages": []}
+    )
+    answer = http.post(
+        "/api/chat", content=body, headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["done"] is True
+    bare = http.post("/api/show", content=json.dumps({"model": "tiny-chat"}), headers={"Content-Type": ""})
+    assert bare.status_code == 200, bare.text
+
+
 def test_version_is_one_that_vs_code_and_open_webui_accept(http: httpx.Client) -> None:
     version = http.get("/api/version").json()["version"]
     # VS Code's Ollama provider refuses servers older than 0.6.4 (it reads `capabilities` from show).

@@ -20,7 +20,7 @@ from local_llm.manager.effects import EngineFactory
 from local_llm.registry import ModelRegistry, WeightFormat
 from local_llm.server.auth import require_api_key
 from local_llm.server.errors import install_error_handlers
-from local_llm.server.middleware import BodySizeLimit, HeaderSizeLimit
+from local_llm.server.middleware import BodySizeLimit, HeaderSizeLimit, OllamaBodiesAreJson
 from local_llm.server.openapi import install_openapi
 from local_llm.server.routers import (
     admin,
@@ -109,6 +109,7 @@ def create_app(
 
     install_error_handlers(app)
     install_openapi(app)
+    app.add_middleware(OllamaBodiesAreJson)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_body_bytes)
     # Added last, so it runs first: an oversized head is refused before its body is read.
     app.add_middleware(HeaderSizeLimit, max_bytes=settings.max_request_header_bytes)

@@ -84,3 +84,18 @@ class BodySizeLimit:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+class OllamaBodiesAreJson:
+    """Read every body under ``/api/`` as JSON, whatever its ``Content-Type``, as Ollama's server does:
+    the examples in Ollama's docs are ``curl http://localhost:11434/api/chat -d '{...}'``, which sends
+    ``application/x-www-form-urlencoded``, and would otherwise get a 400 here."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and str(scope.get("path", "")).startswith("/api/"):
+            headers = [(name, value) for name, value in scope.get("headers") or () if name != b"content-type"]
+            scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)
