@@ -115,6 +115,20 @@ def start_server(
     raise RuntimeError(f"server did not start in {SERVER_START_TIMEOUT_S}s:\n{server.log()}")
 
 
+def engine_cores(server: RunningServer) -> set[int]:
+    """The server's live vLLM engine-core processes (what a test kills to make an engine die)."""
+    import psutil
+
+    found = set()
+    for child in psutil.Process(server.process.pid).children(recursive=True):
+        try:
+            if child.name().startswith("VLLM::EngineCore") and child.status() != psutil.STATUS_ZOMBIE:
+                found.add(child.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
 def stop_server(server: RunningServer) -> None:
     server.process.terminate()
     try:

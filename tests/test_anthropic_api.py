@@ -20,7 +20,7 @@ import jsonschema
 import psutil
 import pytest
 
-from conftest import RunningServer, start_server, stop_server
+from conftest import RunningServer, engine_cores, start_server, stop_server
 from model_zoo import bundled_chat_gguf
 
 pytestmark = pytest.mark.server
@@ -585,17 +585,6 @@ def test_the_sdks_api_key_and_auth_token_are_checked(keyed_server: RunningServer
 
 
 # --- a failure after the stream began ------------------------------------------------------------------
-
-
-def engine_cores(server: RunningServer) -> set[int]:
-    found = set()
-    for child in psutil.Process(server.process.pid).children(recursive=True):
-        try:
-            if child.name().startswith("VLLM::EngineCore") and child.status() != psutil.STATUS_ZOMBIE:
-                found.add(child.pid)
-        except psutil.Error:
-            continue
-    return found
 
 
 def test_an_engine_killed_mid_stream_ends_it_with_an_anthropic_error_event(

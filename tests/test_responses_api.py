@@ -15,9 +15,10 @@ from typing import Any
 import httpx
 import jsonschema
 import openai
+import psutil
 import pytest
 
-from conftest import RunningServer, assert_error
+from conftest import RunningServer, assert_error, engine_cores
 
 pytestmark = pytest.mark.server
 
@@ -339,3 +340,39 @@ def test_a_client_leaving_mid_stream_aborts_the_generation(server: RunningServer
     while running(http) != (0, 0) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert running(http) == (0, 0)
+
+
+# --- a failure after the stream began --------------------------------------------------------------
+
+
+def test_an_engine_killed_mid_stream_ends_it_with_response_failed(
+    server: RunningServer, http: httpx.Client, openai_client: openai.OpenAI
+) -> None:
+    """The stream ends with ``response.failed`` naming the death (not a cut connection); the next
+    request loads the model again. Last in this module: the model's next load costs seconds."""
+    http.post(f"/admin/models/{CHAT}/unload")
+    before = engine_cores(server)
+    assert http.post(f"/admin/models/{CHAT}/load").status_code == 200
+    (core,) = engine_cores(server) - before
+    stream = openai_client.responses.create(
+        model=CHAT,
+        input="Tell me a long story.",
+        max_output_tokens=900,
+        stream=True,
+        extra_body={"ignore_eos": True},
+    )
+    kinds: list[str] = []
+    for event in stream:
+        kinds.append(event.type)
+        if event.type == "response.output_text.delta" and kinds.count(event.type) == 1:
+            psutil.Process(core).kill()
+    assert kinds[0] == "response.created"
+    assert "response.completed" not in kinds
+    assert kinds[-1] == "response.failed"
+    failed = event.response  # type: ignore[union-attr]
+    assert failed.status == "failed"
+    assert failed.error is not None
+    assert failed.error.code == "engine_failed"
+    assert "SIGKILL" in failed.error.message
+    # The model comes back on the next request.
+    assert openai_client.responses.create(model=CHAT, input="Hi", max_output_tokens=2).status != "failed"
