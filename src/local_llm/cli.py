@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from local_llm import __version__
 from local_llm.config import Settings
 from local_llm.engines.factory import estimate_for
+from local_llm.logs import configure_logging
 from local_llm.registry import ModelRegistry
 
 if TYPE_CHECKING:
@@ -53,15 +54,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         name: value for name in Settings.model_fields if (value := getattr(args, name, None)) is not None
     }
     return Settings(**overrides)
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        force=True,
-    )
 
 
 def _human_size(size: int) -> str:
@@ -255,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 print(f"local-llm: {error['msg'].removeprefix('Value error, ')}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if args.command == "models":
         return cmd_models(settings)
     if args.command == "serve":

@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from local_llm.logs import LogFormat
+
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 
 
@@ -32,6 +34,11 @@ class Settings(BaseSettings):
         "change it (Ollama's is 11434): the same server on a second socket. Unset: no second listener.",
     )
     log_level: LogLevel = Field("info", description="Log level: critical, error, warning, info, debug.")
+    log_format: LogFormat = Field(
+        "text",
+        description="Log lines as `text`, or `json`: one object a line (time, level, logger, message, "
+        "request_id, exc_info). Lines of a request carry its id (`X-Request-ID`, echoed on every response).",
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated API keys. When set, every /v1 route needs `Authorization: Bearer KEY`.",
