@@ -60,6 +60,12 @@ class Settings(BaseSettings):
         ge=1,
         description="Requests one model takes at once, waiting and running; more get 429 + Retry-After.",
     )
+    ready_stall_s: float = Field(
+        120.0,
+        gt=0,
+        description="/health/ready answers 503 (`stalled`, naming the model) when a loaded model has work "
+        "running or queued and has made no progress (no token, no forward pass) for this many seconds.",
+    )
     shutdown_grace_s: float = Field(
         30.0,
         ge=0,

@@ -141,7 +141,9 @@ async def prepare(
 ) -> None:
     """Import the engine libraries (when ``preload``) and measure what the server itself holds with
     them in (no model is brought up before), then import every GGUF model once (later starts find the
-    folders ready; failures wait for a request), and measure again."""
+    folders ready; failures wait for a request), and measure again. Until it ends, /health/ready says
+    which of these it is doing."""
+    manager.starting("importing the engine libraries")
     if preload:
         try:
             await asyncio.to_thread(preload_backends, (m.kind for m in registry.models))
@@ -150,8 +152,11 @@ async def prepare(
     await manager.libraries_imported()
     for spec in registry.models:
         if spec.weight_format is WeightFormat.GGUF:
+            manager.starting(f"importing the GGUF file of {spec.name}")
             try:
                 await ensure_imported(spec.path, settings.data_dir)
             except Exception:
                 logger.exception("importing %s failed; a request for it will retry", spec.path)
+    manager.starting("measuring the server's own memory")
     await manager.measure_overhead()
+    manager.starting(None)

@@ -8,7 +8,7 @@ import time
 from local_llm.manager import ModelManager, ModelStatus
 from local_llm.placement import MemoryEstimate
 from local_llm.protocol.admin import DeviceMemory, HoldingReport, MemoryReport, UnloadResult
-from local_llm.protocol.models import MemoryParts, ModelCard, ModelList
+from local_llm.protocol.models import LoadingReport, MemoryParts, ModelCard, ModelList
 from local_llm.registry import ModelSpec
 
 
@@ -118,6 +118,7 @@ class ModelsService:
             running_requests=status.running_requests,
             error=status.error,
             retry_after_s=round(status.retry_at - time.time(), 1) if status.retry_at else None,
+            loading=_loading(status),
         )
 
 
@@ -127,6 +128,15 @@ def _created(spec: ModelSpec) -> int:
         return int(spec.path.stat().st_mtime)
     except OSError:
         return 0
+
+
+def _loading(status: ModelStatus) -> LoadingReport | None:
+    loading = status.loading
+    if loading is None:
+        return None
+    return LoadingReport(
+        stage=loading.stage, elapsed_s=round(loading.elapsed_s, 1), expected_s=_rounded(loading.expected_s)
+    )
 
 
 def _rounded(seconds: float | None) -> float | None:
