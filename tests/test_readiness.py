@@ -157,3 +157,48 @@ async def until_status(client: httpx.AsyncClient, status: str, timeout_s: float 
 
 async def until_ready(client: httpx.AsyncClient) -> None:
     assert (await until_status(client, "ready")).status_code == 200
+
+
+# --- what a vLLM start's lines say, and the CLI's bar, pure -----------------------------------------------
+VLLM_START = [  # vLLM 0.32 on a 2-core CPU, LLM_LOG_LEVEL=debug (the progress bars come at any level)
+    "(EngineCore pid=31130) INFO 12-01 18:10:32 [core.py:133] Initializing a V1 LLM engine (v0.32.0) with",
+    "(Worker pid=31268) INFO 12-01 18:10:47 [cpu_model_runner.py:68] Starting to load model /root/x...",
+    "Loading safetensors checkpoint shards:   0% Completed | 0/1 [00:00<?, ?it/s]",
+    "Loading safetensors checkpoint shards: 100% Completed | 1/1 [00:00<00:00,  1.27it/s]",
+    "(Worker pid=31268) INFO 12-01 18:10:48 [default_loader.py:501] Loading weights took 0.81 seconds",
+    "(Worker pid=31268) INFO 12-01 18:10:50 [cpu_model_runner.py:87] Warming up model for the compilation...",
+    "(Worker pid=31268) INFO 12-01 18:11:20 [cpu_worker.py:260] Explicitly set (0.7/21.09) GiB for KV cache",
+    "Loading safetensors checkpoint shards:   0% Completed | 0/1",  # another engine's: never back
+    "(EngineCore pid=31130) INFO 12-01 18:11:21 [core.py:402] init engine (profile, create kv cache, warmup "
+    "model) took 31.38 s",
+]
+
+
+def test_a_vllm_start_moves_through_its_stages_by_its_lines_and_never_back() -> None:
+    from local_llm.engines.chat.vllm_engine import _START_STAGES, start_stage
+
+    reached, seen = -1, []
+    for line in ["Triton not installed", *VLLM_START]:
+        moved = start_stage(line, reached)
+        reached = moved
+        if moved >= 0 and (not seen or seen[-1] != _START_STAGES[moved][1]):
+            seen.append(_START_STAGES[moved][1])
+    assert seen == [
+        "starting vLLM's engine core",
+        "loading the weights",
+        "profiling the model and allocating the KV cache",
+        "compiling and warming up the model",
+        "allocating the KV cache",
+        "finishing the engine's start",
+    ]
+
+
+def test_the_bar_fills_by_the_last_load_time_else_spins() -> None:
+    from local_llm.cli import _bar
+
+    assert (
+        _bar("loading the weights", 10, 40.0, 1)
+        == "[######..................]   10 s / 40 s  loading the weights"
+    )
+    assert _bar("slow", 90, 40.0, 1).startswith("[########################]   90 s / 40 s")
+    assert _bar("first load", 3, None, 1) == "[/]    3 s  first load"
