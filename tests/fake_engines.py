@@ -28,7 +28,7 @@ from fastapi import FastAPI
 
 from local_llm.config import Settings
 from local_llm.engines import EmbeddingEngine, Engine, TokenIds
-from local_llm.engines.base import Capability
+from local_llm.engines.base import Capability, Progress
 from local_llm.engines.chat import ChatEngine, ChatResult
 from local_llm.engines.factory import engine_class
 from local_llm.engines.rerank import RerankEngine, RerankScores
@@ -94,8 +94,11 @@ class _Fake(Engine):
     def __init__(self, spec: ModelSpec, plan: PlacementPlan, engines: FakeEngines) -> None:
         super().__init__(spec, plan)
         self._engines = engines
+        self._done = 0
+        self._pending = 0
 
     async def start(self) -> None:
+        self.stage("passing the loads gate")
         await self._engines.loads.passed()
         self.memory_bytes = 1024
 
@@ -104,7 +107,16 @@ class _Fake(Engine):
 
     async def _work(self) -> None:
         self.check_alive()
-        await self._engines.requests.passed()
+        self._pending += 1
+        try:
+            await self._engines.requests.passed()
+        finally:
+            self._pending -= 1
+        self._done += 1
+
+    def progress(self) -> Progress:
+        """Calls answered, and calls in progress (held at the requests gate: no progress meanwhile)."""
+        return Progress(self._done, self._pending)
 
 
 class FakeChatEngine(_Fake, ChatEngine):

@@ -16,21 +16,25 @@ import logging
 import os
 import socket
 import sys
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 from pydantic import ValidationError
 
 from local_llm import __version__
 from local_llm.config import Settings
 from local_llm.engines.factory import estimate_for
+from local_llm.logs import configure_logging
 from local_llm.registry import ModelRegistry
 
 if TYPE_CHECKING:
     import uvicorn
+
+T = TypeVar("T")
 
 
 def _flag(field_name: str) -> str:
@@ -53,15 +57,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         name: value for name in Settings.model_fields if (value := getattr(args, name, None)) is not None
     }
     return Settings(**overrides)
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        force=True,
-    )
 
 
 def _human_size(size: int) -> str:
@@ -172,7 +167,7 @@ def _listeners(config: uvicorn.Config, settings: Settings) -> list[socket.socket
 
 # --- operator commands: a running server's admin API --------------------------------------------
 _ACTIONS = {
-    "load": "Load (or wake) a model now.",
+    "load": "Load (or wake) a model now, showing how the load goes until the model is up.",
     "unload": "Unload a model (refused while requests hold it, or while it is pinned).",
     "pin": "Pin a model: never evicted (does not load it).",
     "unpin": "Unpin a model.",
@@ -207,8 +202,12 @@ def cmd_admin(args: argparse.Namespace, settings: Settings) -> int:
             f"{base}/admin/models/{urllib.parse.quote(args.model, safe='/')}/{args.command}",
             "POST",
         )
+    card_url = f"{base}/v1/models/{urllib.parse.quote(getattr(args, 'model', ''), safe='/')}"
     try:
-        status, body = _call_server(method, url, api_key)
+        if args.command == "load":
+            status, body = _with_progress(lambda: _call_server(method, url, api_key), card_url, api_key)
+        else:
+            status, body = _call_server(method, url, api_key)
     except (urllib.error.URLError, OSError) as exc:
         print(f"local-llm: no server at {base}: {exc}", file=sys.stderr)
         return 1
@@ -217,6 +216,90 @@ def cmd_admin(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     print(json.dumps(body, indent=2, ensure_ascii=False))
     return 0
+
+
+# How often `local-llm load` asks how the load goes, and (without a terminal) how often it says so.
+_POLL_S = 0.5
+_PLAIN_EVERY_S = 10.0
+_SPINNER = "|/-\\"
+_BAR_WIDTH = 24
+
+
+def _with_progress(call: Callable[[], T], card_url: str, api_key: str | None) -> T:
+    """``call()`` (the load, which returns once the model is up) on a thread, while the model's card
+    is read every half second and its ``loading`` shown on stderr: a bar redrawn in place on a
+    terminal, a line at each stage (and every few seconds) otherwise."""
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(call())
+        except BaseException as exc:  # handed to the caller's thread below
+            failure.append(exc)
+
+    worker = threading.Thread(target=run, name="load", daemon=True)
+    worker.start()
+    show = _ProgressLine(sys.stderr)
+    while True:
+        worker.join(_POLL_S)
+        if not worker.is_alive():
+            break
+        show.update(_loading_of(card_url, api_key))
+    show.done()
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
+def _loading_of(card_url: str, api_key: str | None) -> dict[str, Any] | None:
+    """The card's ``loading``, or None when it cannot be read now (the load's own answer says why)."""
+    try:
+        status, card = _call_server("GET", card_url, api_key)
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    loading = card.get("loading") if status == 200 else None
+    return loading if isinstance(loading, dict) else None
+
+
+class _ProgressLine:
+    """A load's progress on stderr: one line redrawn on a terminal, plain lines otherwise."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._tty = stream.isatty()
+        self._frames = 0
+        self._said: tuple[str, float] | None = None
+        self._drawn = False
+
+    def update(self, loading: dict[str, Any] | None) -> None:
+        if loading is None:
+            return
+        stage, elapsed = str(loading.get("stage", "")), float(loading.get("elapsed_s") or 0)
+        expected = loading.get("expected_s")
+        if self._tty:
+            self._frames += 1
+            self._stream.write("\r\x1b[2K" + _bar(stage, elapsed, expected, self._frames))
+            self._drawn = True
+        elif self._said is None or self._said[0] != stage or elapsed - self._said[1] >= _PLAIN_EVERY_S:
+            last = f" (last time {float(expected):.0f} s)" if expected else ""
+            self._stream.write(f"loading: {stage}, {elapsed:.0f} s{last}\n")
+            self._said = (stage, elapsed)
+        self._stream.flush()
+
+    def done(self) -> None:
+        if self._drawn:
+            self._stream.write("\r\x1b[2K")
+            self._stream.flush()
+
+
+def _bar(stage: str, elapsed: float, expected: object, frame: int) -> str:
+    """``[#####.....]  34 s / 41 s  loading the weights``: filled by the time the last load took, or a
+    spinner before there was one (a bar past its end stays full: this load is slower)."""
+    if isinstance(expected, (int, float)) and expected > 0:
+        filled = min(int(_BAR_WIDTH * elapsed / expected), _BAR_WIDTH)
+        return f"[{'#' * filled}{'.' * (_BAR_WIDTH - filled)}] {elapsed:4.0f} s / {expected:.0f} s  {stage}"
+    return f"[{_SPINNER[frame % len(_SPINNER)]}] {elapsed:4.0f} s  {stage}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -255,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 print(f"local-llm: {error['msg'].removeprefix('Value error, ')}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if args.command == "models":
         return cmd_models(settings)
     if args.command == "serve":

@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from local_llm.logs import LogFormat
+
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 
 
@@ -32,6 +34,11 @@ class Settings(BaseSettings):
         "change it (Ollama's is 11434): the same server on a second socket. Unset: no second listener.",
     )
     log_level: LogLevel = Field("info", description="Log level: critical, error, warning, info, debug.")
+    log_format: LogFormat = Field(
+        "text",
+        description="Log lines as `text`, or `json`: one object a line (time, level, logger, message, "
+        "request_id, exc_info). Lines of a request carry its id (`X-Request-ID`, echoed on every response).",
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated API keys. When set, every /v1 route needs `Authorization: Bearer KEY`.",
@@ -57,6 +64,12 @@ class Settings(BaseSettings):
         512,
         ge=1,
         description="Requests one model takes at once, waiting and running; more get 429 + Retry-After.",
+    )
+    ready_stall_s: float = Field(
+        120.0,
+        gt=0,
+        description="/health/ready answers 503 (`stalled`, naming the model) when a loaded model has work "
+        "running or queued and has made no progress (no token, no forward pass) for this many seconds.",
     )
     shutdown_grace_s: float = Field(
         30.0,

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, ClassVar, Protocol
 
@@ -28,6 +29,21 @@ class Capability(str, Enum):
 
 # Told once, with the cause, when an engine dies; may be called from any thread.
 DeathCallback = Callable[[str], None]
+# Told what a load is doing now ("loading weights"), as it moves on; may be called from any thread.
+StageCallback = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What tells a hung engine from a busy one: work done so far, and work waiting for it.
+
+    ``done`` only grows, by steps that only a working engine takes (tokens generated, forward passes
+    finished); ``pending`` counts the work queued or running on it now (requests; a batched engine's
+    inputs). An engine with work pending whose ``done`` stays put is stalled (``/health/ready``).
+    """
+
+    done: int
+    pending: int
 
 
 class EngineObserver(Protocol):
@@ -87,6 +103,7 @@ class Engine(ABC):
         self.observer: EngineObserver = UNOBSERVED
         self._on_death: DeathCallback | None = None
         self._death: str | None = None
+        self._on_stage: StageCallback | None = None
 
     @abstractmethod
     async def start(self) -> None:
@@ -95,6 +112,20 @@ class Engine(ABC):
     @abstractmethod
     async def stop(self) -> None:
         """Release the model and its memory."""
+
+    # --- progress: what the operator sees of a load, and of the work after it ---------------------
+    def report_stages(self, listener: StageCallback | None) -> None:
+        """Before :meth:`start`: ``listener`` hears each stage the load enters (None: stop telling)."""
+        self._on_stage = listener
+
+    def stage(self, what: str) -> None:
+        """Say what :meth:`start` is doing now, so a load of a minute shows where it is (any thread)."""
+        if self._on_stage is not None:
+            self._on_stage(what)
+
+    def progress(self) -> Progress | None:
+        """Work done and pending, once started; None where the engine cannot tell (never stalled)."""
+        return None
 
     # --- death: an engine that cannot serve any more says so, once ------------------------------
     def watch(self, on_death: DeathCallback) -> None:

@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from local_llm.backends import import_backend
-from local_llm.engines.base import Engine, TorchModuleParking, fatal_cause
+from local_llm.engines.base import Engine, Progress, TorchModuleParking, fatal_cause
 from local_llm.engines.batching import BatchQueue, plan_forward_passes
 from local_llm.errors import EngineFailedError
 from local_llm.placement import PlacementPlan
@@ -84,6 +84,7 @@ class BatchedEngine(TorchModuleParking, Engine, Generic[P, R]):
     async def start(self) -> None:
         started = time.perf_counter()
         self._loop = asyncio.get_running_loop()
+        self.stage(f"reading the weights onto {self.plan.device}")
         await asyncio.to_thread(self._load)
         self._tokenizing_thread = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"tokenize-{self.spec.name}"
@@ -119,6 +120,12 @@ class BatchedEngine(TorchModuleParking, Engine, Generic[P, R]):
             import_backend("torch").cuda.empty_cache()
 
     # --- work ----------------------------------------------------------------------------------
+    def progress(self) -> Progress | None:
+        """Forward passes finished, and inputs queued or running."""
+        if self._queue is None:
+            return None
+        return Progress(self._queue.stats.forward_passes, self._queue.unfinished)
+
     @property
     def queue(self) -> BatchQueue[P, R]:
         if self._queue is None:

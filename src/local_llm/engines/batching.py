@@ -58,6 +58,8 @@ class BatchStats:
 
     batches: int = 0
     items: int = 0
+    # Forward passes finished: the queue's progress (readiness tells a hung model by it).
+    forward_passes: int = 0
     largest_batch: int = 0
     sizes: list[int] = field(default_factory=list)
 
@@ -104,6 +106,11 @@ class BatchQueue(Generic[P, R]):
     @property
     def queued(self) -> int:
         return len(self._pending)
+
+    @property
+    def unfinished(self) -> int:
+        """Inputs queued or in the batch being computed."""
+        return len(self._pending) + sum(not item.future.done() for item in self._running)
 
     def start(self) -> None:
         if self._worker is not None:
@@ -190,6 +197,7 @@ class BatchQueue(Generic[P, R]):
             try:
                 chunks = iter(self._run_batch([item.payload for item in batch], wanted))
                 while (chunk := await loop.run_in_executor(self._executor, _next_chunk, chunks)) is not None:
+                    self.stats.forward_passes += 1
                     for index, result in chunk:
                         _resolve(batch[index].future, result)
             except EngineFailedError as exc:

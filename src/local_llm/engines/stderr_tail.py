@@ -14,6 +14,7 @@ import os
 import re
 import threading
 from collections import deque
+from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class StderrTail:
         self._count = 0
         self._partial = b""
         self._lock = threading.Lock()
+        self._listeners: list[Callable[[str], None]] = []
         self.installed = False
 
     def install(self) -> None:
@@ -54,6 +56,20 @@ class StderrTail:
         with self._lock:
             return [line for number, line in self._lines if number >= mark]
 
+    def follow(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        """Hand ``listener`` every complete line from now on, on the copying thread (it must be quick
+        and must not write to stderr), until the function returned is called: how a vLLM load reads
+        what its engine process is doing."""
+        with self._lock:
+            self._listeners.append(listener)
+
+        def stop() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return stop
+
     def _copy(self, read_end: int, real: int) -> None:
         try:
             while chunk := os.read(read_end, 65536):
@@ -70,10 +86,18 @@ class StderrTail:
 
     def _keep(self, chunk: bytes) -> None:
         *complete, self._partial = (self._partial + chunk).split(b"\n")
+        lines = [raw.decode("utf-8", errors="replace") for raw in complete]
         with self._lock:
-            for raw in complete:
-                self._lines.append((self._count, raw.decode("utf-8", errors="replace")))
+            for line in lines:
+                self._lines.append((self._count, line))
                 self._count += 1
+            listeners = list(self._listeners)
+        for listener in listeners:
+            for line in lines:
+                try:
+                    listener(line)
+                except Exception:  # a listener's bug must not stop stderr from flowing
+                    break
 
 
 def root_cause(lines: list[str]) -> str | None:

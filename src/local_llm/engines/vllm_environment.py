@@ -58,6 +58,9 @@ def configure_vllm_environment(settings: Settings) -> None:
         "VLLM_DO_NOT_TRACK": "1",
         "HF_HUB_OFFLINE": "1",
         "VLLM_LOGGING_LEVEL": "INFO" if settings.log_level == "debug" else "WARNING",
+        # vLLM's own lines on stderr (its default is stdout), where the server reads a start's stages and a
+        # failed start's cause from (engines/stderr_tail.py).
+        "VLLM_LOGGING_STREAM": "ext://sys.stderr",
     }
     for name, value in defaults.items():
         os.environ.setdefault(name, value)

@@ -24,6 +24,7 @@ from local_llm.config import Settings
 from local_llm.engines.base import UNOBSERVED, Engine, EngineObserver
 from local_llm.engines.reaper import ProcessReaper
 from local_llm.errors import LocalLLMError, ModelLoadError
+from local_llm.manager.progress import LoadProgress, expected_seconds
 from local_llm.manager.scheduler import Ticket
 from local_llm.placement import Footprint, PlacementPlan
 from local_llm.placement.estimate import mib
@@ -68,8 +69,11 @@ class EngineEffects:
         self.engines: dict[str, Engine] = {}
         # The one bring-up or take-down under way per model.
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        # Waiting requests' futures, by ticket number.
+        # Waiting requests' futures, by ticket number, and when each began to wait (monotonic).
         self._waiting: dict[int, asyncio.Future[Engine]] = {}
+        self._asked: dict[int, tuple[str, float]] = {}
+        # The bring-ups under way: their stage and clock.
+        self.loading: dict[str, LoadProgress] = {}
         self._in_process_loads = 0
         self._load_epoch = 0
         # Called when the last bring-up or take-down under way has ended (the manager measures then).
@@ -85,12 +89,15 @@ class EngineEffects:
         """The future a request awaits until it is granted or refused."""
         future: asyncio.Future[Engine] = asyncio.get_running_loop().create_future()
         self._waiting[ticket.seq] = future
+        self._asked[ticket.seq] = (ticket.model, time.monotonic())
         return future
 
     def forget(self, ticket: Ticket) -> None:
         self._waiting.pop(ticket.seq, None)
+        self._asked.pop(ticket.seq, None)
 
     def grant(self, ticket: Ticket) -> bool:
+        self._asked.pop(ticket.seq, None)
         future = self._waiting.pop(ticket.seq, None)
         if future is None or future.done():
             return False
@@ -98,9 +105,14 @@ class EngineEffects:
         return True
 
     def refuse(self, ticket: Ticket, error: LocalLLMError) -> None:
+        self._asked.pop(ticket.seq, None)
         future = self._waiting.pop(ticket.seq, None)
         if future is not None and not future.done():
             future.set_exception(error)
+
+    def waiting_since(self, name: str) -> float | None:
+        """When the longest-waiting request for ``name`` began to wait (monotonic), if one waits."""
+        return min((since for model, since in self._asked.values() if model == name), default=None)
 
     # --- bringing up -----------------------------------------------------------------------------------
     def bring_up(self, name: str, plan: PlacementPlan, *, wake: bool, after: frozenset[str]) -> None:
@@ -110,8 +122,29 @@ class EngineEffects:
     async def _bring_up(
         self, name: str, plan: PlacementPlan, wake: bool, waits: list[asyncio.Task[None]]
     ) -> None:
+        """The bring-up, with its progress shown (card and log) while it lasts."""
+        progress = LoadProgress(
+            name, wake=wake, expected_s=expected_seconds(self._events.records[name], wake=wake)
+        )
+        self.loading[name] = progress
+        heartbeat = asyncio.get_running_loop().create_task(progress.heartbeat())
+        try:
+            await self._bring_up_now(name, plan, wake, waits, progress)
+        finally:
+            heartbeat.cancel()
+            if self.loading.get(name) is progress:
+                del self.loading[name]
+
+    async def _bring_up_now(
+        self,
+        name: str,
+        plan: PlacementPlan,
+        wake: bool,
+        waits: list[asyncio.Task[None]],
+        progress: LoadProgress,
+    ) -> None:
         if waits:
-            logger.info("%s waits for %d model(s) to give their memory back", name, len(waits))
+            progress.enter(f"waiting for {len(waits)} model(s) to give their memory back")
             await asyncio.gather(*(asyncio.shield(task) for task in waits), return_exceptions=True)
         spec = self._registry.get(name)
         started = time.perf_counter()
@@ -119,6 +152,7 @@ class EngineEffects:
         in_process = False
         try:
             if wake and engine is not None:
+                progress.enter("bringing the weights back from RAM")
                 await engine.wake()
                 logger.info("woke %s from RAM in %.2fs", name, time.perf_counter() - started)
                 before = None
@@ -127,9 +161,11 @@ class EngineEffects:
                     "loading %s (%s) on %s: %s", name, spec.kind.value, plan.placement.value, plan.reason
                 )
                 if spec.weight_format is not WeightFormat.GGUF:
+                    progress.enter("checking the weights' files")
                     await asyncio.to_thread(_verify_weights, spec)
                 engine = self._factory(spec, plan, self._settings)
                 engine.observer = self._observer_for(name) if self._observer_for else UNOBSERVED
+                engine.report_stages(progress.listener(asyncio.get_running_loop()))
                 in_process = engine.in_process
                 alone = in_process and self._in_process_loads == 0
                 self._in_process_loads += in_process
@@ -149,6 +185,9 @@ class EngineEffects:
             return
         finally:
             self._in_process_loads -= in_process
+            if engine is not None:
+                engine.report_stages(None)
+        progress.enter("measuring the memory it holds")
         measured = await asyncio.to_thread(self._measure, engine, before)
         if not wake:
             self.engines[name] = engine

@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from local_llm.config import Settings
 from local_llm.engines.base import Engine
@@ -35,10 +35,12 @@ from local_llm.errors import LocalLLMError, ModelLoadTimeoutError
 from local_llm.manager.effects import EngineEffects, EngineFactory, ObserverFor
 from local_llm.manager.journal import Journal
 from local_llm.manager.policy import Budget, Holding, used
+from local_llm.manager.progress import Loading, Stall, StallWatch, expected_seconds
 from local_llm.manager.scheduler import (
     ModelEntry,
     ModelRecord,
     ModelState,
+    Phase,
     Rules,
     Scheduler,
     Ticket,
@@ -92,6 +94,18 @@ class ModelStatus:
     running_requests: int | None
     pinned: bool
     idle_ttl_s: float | None
+    # While the model loads (or waits to): the stage, and the time so far and last time.
+    loading: Loading | None
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """Whether the server is ready for traffic (``/health/ready``): its start-up work done, and no
+    loaded engine stalled (work pending, no progress for LLM_READY_STALL_S); else what it waits for."""
+
+    status: Literal["ready", "starting", "stalled"]
+    reason: str | None
+    stalled: tuple[Stall, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -163,6 +177,11 @@ class ModelManager:
         self._last_overhead_probe = 0.0
         self._libraries_imported = not libraries_pending
         self._overhead_readings: deque[tuple[float, int]] = deque()
+        # What the server's start-up work is doing (the app's prepare), None once it is done; and the
+        # pinned models whose first load has not ended yet.
+        self._start_up: str | None = "importing the engine libraries" if libraries_pending else None
+        self._first_loads: set[str] = set()
+        self._stalls = StallWatch(settings.ready_stall_s)
 
     def _budget(self, snapshot: DeviceSnapshot) -> Budget:
         """The budget, fixed at start: the operator's caps, else what the machine has free now. The RAM
@@ -278,6 +297,7 @@ class ModelManager:
         self._spawn(self._tick())
         for record in self.scheduler.records.values():
             if record.pinned:
+                self._first_loads.add(record.name)
                 self._spawn(self._preload(record.name))
 
     async def _preload(self, name: str) -> None:
@@ -285,6 +305,12 @@ class ModelManager:
             await self.load(name)
         except LocalLLMError as exc:
             logger.error("pinned model %s did not load: %s", name, exc.message)
+        finally:
+            self._first_loads.discard(name)
+
+    def starting(self, step: str | None) -> None:
+        """The server's start-up work is at ``step`` (None: done); /health/ready says so until done."""
+        self._start_up = step
 
     async def _tick(self) -> None:
         while True:
@@ -292,6 +318,7 @@ class ModelManager:
             try:
                 now = time.time()
                 self.scheduler.tick(now)
+                self.stalls()
                 if now - self._last_overhead_probe >= _OVERHEAD_PROBE_S:
                     await self.measure_overhead()
             except Exception:  # a failed probe must not end the time to live of every model
@@ -351,6 +378,51 @@ class ModelManager:
             self._reaper.watch(stray_engine_processes())
             self._reaper.stop()
 
+    # --- readiness ----------------------------------------------------------------------------------
+    def stalls(self) -> list[Stall]:
+        """Loaded engines with work pending and no progress for LLM_READY_STALL_S (looked at every
+        tick, so the time counts whether or not anyone asks)."""
+        readings = {
+            name: engine.progress()
+            for name, engine in self.effects.engines.items()
+            if self.scheduler.records[name].state is ModelState.LOADED
+        }
+        return self._stalls.look(readings, time.monotonic())
+
+    def readiness(self) -> Readiness:
+        """What /health/ready answers (shutting down aside, which the serving layer knows)."""
+        stalls = tuple(self.stalls())
+        if self._start_up is not None:
+            return Readiness("starting", f"start-up: {self._start_up}", stalls)
+        if self._first_loads:
+            waiting = ", ".join(self._describe_load(name) for name in sorted(self._first_loads))
+            return Readiness("starting", f"loading pinned models: {waiting}", stalls)
+        if stalls:
+            return Readiness("stalled", "; ".join(stall.reason for stall in stalls), stalls)
+        return Readiness("ready", None)
+
+    def _describe_load(self, name: str) -> str:
+        loading = self._loading(self.scheduler.records[name])
+        if loading is None:
+            return name
+        return f"{name} ({loading.stage}, {loading.elapsed_s:.0f} s)"
+
+    def _loading(self, record: ModelRecord) -> Loading | None:
+        """The model's load under way, or its wait to begin one; None unless it is loading."""
+        if record.state is not ModelState.LOADING:
+            return None
+        under_way = self.effects.loading.get(record.name)
+        if under_way is not None:
+            return under_way.view()
+        since = self.effects.waiting_since(record.name)
+        stage = (
+            "waiting for memory"
+            if self.scheduler.overhead_measured
+            else "waiting for the engine libraries to be imported"
+        )
+        elapsed = time.monotonic() - since if since is not None else 0.0
+        return Loading(stage, elapsed, expected_seconds(record, wake=record.phase is Phase.PARKED))
+
     # --- views ----------------------------------------------------------------------------------------
     def ledger(self) -> LedgerView:
         return LedgerView(
@@ -383,6 +455,7 @@ class ModelManager:
             running_requests=engine.running_requests if live and engine else None,
             pinned=record.pinned,
             idle_ttl_s=self.scheduler.ttl(record),
+            loading=self._loading(record),
         )
 
     def statuses(self) -> list[ModelStatus]:
@@ -421,4 +494,4 @@ def _measured_bytes(record: ModelRecord) -> int | None:
     return measured.gpu_bytes if record.plan.on_gpu else measured.ram_bytes
 
 
-__all__ = ["LedgerView", "ModelManager", "ModelStatus"]
+__all__ = ["LedgerView", "ModelManager", "ModelStatus", "Readiness"]

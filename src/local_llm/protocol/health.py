@@ -15,3 +15,14 @@ class HealthReport(BaseModel):
     models: int
     loaded: list[str]
     failed: dict[str, str]
+
+
+class ReadinessReport(BaseModel):
+    """``GET /health/ready``: 200 ``ready`` once start-up work is done (engine libraries imported, GGUF
+    files imported, the server's own memory measured, pinned models' first loads ended); else 503 with
+    ``starting``, ``stalled`` (a loaded model has work but has made no progress for LLM_READY_STALL_S;
+    each such model in ``stalled`` with why) or ``shutting_down``, and the reason."""
+
+    status: Literal["ready", "starting", "stalled", "shutting_down"]
+    reason: str | None = None
+    stalled: dict[str, str] = {}

@@ -20,6 +20,15 @@ class MemoryParts(BaseModel):
     total: int
 
 
+class LoadingReport(BaseModel):
+    """A load (or wake) under way, or a model waiting to load: what it is doing, for how long so far,
+    and how long its last load (or wake) took (null before one; waiting for memory not included)."""
+
+    stage: str
+    elapsed_s: float
+    expected_s: float | None = None
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
@@ -61,6 +70,8 @@ class ModelCard(BaseModel):
     # how many seconds until the next try is allowed (requests before then get 503 at once).
     error: str | None = None
     retry_after_s: float | None = None
+    # While the model loads: its stage and time (null otherwise).
+    loading: LoadingReport | None = None
 
 
 class ModelList(BaseModel):

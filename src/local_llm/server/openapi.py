@@ -16,7 +16,7 @@ from fastapi.openapi.utils import get_openapi
 
 from local_llm.protocol.anthropic import AnthropicErrorResponse, MessageResponse
 from local_llm.protocol.errors import ErrorResponse
-from local_llm.protocol.health import HealthReport
+from local_llm.protocol.health import HealthReport, ReadinessReport
 from local_llm.protocol.ollama import OllamaError
 from local_llm.server.errors import ANTHROPIC_SHAPE, OLLAMA_SHAPE, ErrorShape, shape_for
 
@@ -78,6 +78,13 @@ METRICS_RESPONSES: Responses = {
 }
 #: ``GET /health``: its own report, also while shutting down.
 HEALTH_RESPONSES: Responses = {503: {"model": HealthReport, "description": "The server is shutting down."}}
+#: ``GET /health/ready``: its own report, also when not ready.
+READY_RESPONSES: Responses = {
+    503: {
+        "model": ReadinessReport,
+        "description": "Starting, a model stalled, or shutting down (why in `reason`).",
+    }
+}
 #: A streamed chat or completion answer: server-sent events, ended by ``data: [DONE]``.
 STREAM_RESPONSE: Responses = {
     200: {

@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +27,7 @@ import orjson
 
 from local_llm.backends import IMPORT_LOCK, import_backend
 from local_llm.config import Settings
-from local_llm.engines.base import TorchModuleParking, fatal_cause, offload_options
+from local_llm.engines.base import Progress, TorchModuleParking, fatal_cause, offload_options
 from local_llm.engines.batched import module_bytes
 from local_llm.engines.chat.base import ChatEngine, ChatResult
 from local_llm.engines.chat.parsers import tool_call_parser
@@ -94,6 +94,9 @@ class TransformersChatEngine(TorchModuleParking, ChatEngine):
         self._turn = asyncio.Lock()
         self._generating = threading.Lock()
         self._running = 0
+        # Requests waiting for their turn or generating, and the tokens generated so far (progress).
+        self._pending = 0
+        self._steps = 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -102,6 +105,7 @@ class TransformersChatEngine(TorchModuleParking, ChatEngine):
         self._loop = asyncio.get_running_loop()
         folder = self.spec.path
         if self.spec.weight_format is WeightFormat.GGUF:
+            self.stage("importing the GGUF file")
             folder = await ensure_imported(self.spec.path, self._settings.data_dir)
         await asyncio.to_thread(self._load, folder)
         logger.info(
@@ -119,12 +123,14 @@ class TransformersChatEngine(TorchModuleParking, ChatEngine):
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
         trust = self.spec.options.trust_remote_code
+        self.stage("reading the weights")
         self._tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust)
         options = {**offload_options(self.plan), **self.spec.options.engine_options}
         model = AutoModelForCausalLM.from_pretrained(
             str(folder), dtype="auto", trust_remote_code=trust, **options
         )
         if "device_map" not in options:
+            self.stage(f"moving the weights to {self.plan.device}")
             model = model.to(self.plan.device)  # type: ignore[arg-type]
         self._model = model.eval()
         self._context = self.plan.facts.context_tokens or _DEFAULT_CONTEXT
@@ -147,6 +153,18 @@ class TransformersChatEngine(TorchModuleParking, ChatEngine):
     @property
     def running_requests(self) -> int:
         return self._running
+
+    def progress(self) -> Progress:
+        """Tokens generated (every sequence's step counts), and requests waiting or generating."""
+        return Progress(self._steps, self._pending)
+
+    @contextlib.contextmanager
+    def _counted(self) -> Iterator[None]:
+        self._pending += 1
+        try:
+            yield
+        finally:
+            self._pending -= 1
 
     # --- chat ----------------------------------------------------------------------------------
     async def chat(self, request: ChatCompletionRequest) -> ChatResult:
@@ -399,12 +417,13 @@ class TransformersChatEngine(TorchModuleParking, ChatEngine):
 
     async def _generate(self, prompt: list[int], sampling: Sampling) -> list[Generated]:
         cancel = threading.Event()
-        async with self._turn:
-            try:
-                return await asyncio.shield(asyncio.to_thread(self._run, prompt, sampling, cancel, None))
-            except asyncio.CancelledError:
-                cancel.set()  # the client went away: stop the generation at its next token
-                raise
+        with self._counted():
+            async with self._turn:
+                try:
+                    return await asyncio.shield(asyncio.to_thread(self._run, prompt, sampling, cancel, None))
+                except asyncio.CancelledError:
+                    cancel.set()  # the client went away: stop the generation at its next token
+                    raise
 
     async def _generate_stream(
         self, prompt: list[int], sampling: Sampling
@@ -417,26 +436,27 @@ class TransformersChatEngine(TorchModuleParking, ChatEngine):
         def on_token(token: int | None) -> None:
             loop.call_soon_threadsafe(tokens.put_nowait, token)
 
-        async with self._turn:
-            job = asyncio.ensure_future(asyncio.to_thread(self._run, prompt, sampling, cancel, on_token))
-            try:
-                ids: list[int] = []
-                sent = ""
-                hold = max((len(s) for s in sampling.stop), default=1) - 1
-                while (token := await tokens.get()) is not None:
-                    ids.append(token)
-                    text = self._tokenizer.decode(ids, skip_special_tokens=True)
-                    ready = text[: max(len(sent), len(text) - hold)] if not text.endswith("\ufffd") else sent
-                    if len(ready) > len(sent) and not any(s in ready for s in sampling.stop):
-                        yield ready[len(sent) :]
-                        sent = ready
-                (result,) = await job
-                if len(result.text) > len(sent):
-                    yield result.text[len(sent) :]
-                yield result
-            finally:
-                cancel.set()  # first: awaiting below may be cancelled again (the client is gone)
-                await asyncio.gather(job, return_exceptions=True)
+        with self._counted():
+            async with self._turn:
+                job = asyncio.ensure_future(asyncio.to_thread(self._run, prompt, sampling, cancel, on_token))
+                try:
+                    ids: list[int] = []
+                    sent = ""
+                    hold = max((len(s) for s in sampling.stop), default=1) - 1
+                    while (token := await tokens.get()) is not None:
+                        ids.append(token)
+                        text = self._tokenizer.decode(ids, skip_special_tokens=True)
+                        ready = sent if text.endswith("\ufffd") else text[: max(len(sent), len(text) - hold)]
+                        if len(ready) > len(sent) and not any(s in ready for s in sampling.stop):
+                            yield ready[len(sent) :]
+                            sent = ready
+                    (result,) = await job
+                    if len(result.text) > len(sent):
+                        yield result.text[len(sent) :]
+                    yield result
+                finally:
+                    cancel.set()  # first: awaiting below may be cancelled again (the client is gone)
+                    await asyncio.gather(job, return_exceptions=True)
 
     def _run(
         self,
@@ -477,8 +497,14 @@ class TransformersChatEngine(TorchModuleParking, ChatEngine):
             import torch
             from transformers import StoppingCriteria, StoppingCriteriaList
 
+        engine = self
+
         class Cancelled(StoppingCriteria):
+            """Asked after every step of ``generate``: stops it once the client is gone, and counts the
+            step as the engine's progress (streamed or not)."""
+
             def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+                engine._steps += 1
                 return torch.full(
                     (input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device
                 )

@@ -17,7 +17,7 @@ import json
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from local_llm.backends import IMPORT_LOCK, import_backend
 from local_llm.config import Settings
+from local_llm.engines.base import Progress
 from local_llm.engines.chat.base import ChatEngine, ChatResult
 from local_llm.engines.chat.parsers import FALLBACK_TOOL_PARSER, reasoning_parser, tool_call_parser
 from local_llm.engines.gguf_import import ensure_imported
@@ -63,6 +64,31 @@ _STARTING = asyncio.Lock()
 _METRICS_OWNER: list[VllmChatEngine] = []
 T = TypeVar("T")
 
+# What a vLLM start is doing, told by the lines its processes write (vLLM 0.32's, as seen on a CPU and a
+# GPU), in the order they come: a line moves the load on to the stage of the last pattern it holds, never
+# back. At the default log level vLLM writes only its progress bars (LLM_LOG_LEVEL=debug shows its INFO
+# lines too, and with them the finer stages).
+_AFTER_WEIGHTS = "profiling the model and allocating the KV cache"
+_START_STAGES: tuple[tuple[str, str], ...] = (
+    ("Initializing a V1 LLM engine", "starting vLLM's engine core"),
+    ("Starting to load model", "loading the weights"),
+    ("Loading safetensors checkpoint shards", "loading the weights"),
+    ("Loading weights took", _AFTER_WEIGHTS),
+    ("shards: 100% Completed", _AFTER_WEIGHTS),
+    ("Warming up model for the compilation", "compiling and warming up the model"),
+    ("torch.compile takes", "compiling the model (torch.compile)"),
+    ("Capturing CUDA graphs", "capturing CUDA graphs"),
+    ("GiB for KV cache", "allocating the KV cache"),
+    ("KV cache size", "allocating the KV cache"),
+    ("init engine (profile, create kv cache, warmup model) took", "finishing the engine's start"),
+)
+
+
+def start_stage(line: str, reached: int) -> int:
+    """The index in ``_START_STAGES`` that ``line`` moves a start on to from ``reached`` (or ``reached``)."""
+    matched = [index for index, (text, _) in enumerate(_START_STAGES) if text in line]
+    return max([reached, *matched])
+
 
 class VllmChatEngine(ChatEngine):
     backend = "vllm"
@@ -83,24 +109,33 @@ class VllmChatEngine(ChatEngine):
         self._watched: list[int] = []
         # Set when the engine's death is seen: what a request that reached vLLM after it waits on.
         self._dead: asyncio.Event = asyncio.Event()
+        # Tokens the engine core has read and generated, and requests it finished: its progress.
+        self._work_done = 0
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         started = time.perf_counter()
         folder = self.spec.path
         if self.spec.weight_format is WeightFormat.GGUF:
+            self.stage("importing the GGUF file")
             folder = await ensure_imported(self.spec.path, self._settings.data_dir)
+        if _STARTING.locked():
+            self.stage("waiting for another vLLM engine to finish starting")
         async with _STARTING:
             logger.info("starting vLLM for %s (%s)", self.spec.name, self._describe_args(folder))
+            self.stage("starting vLLM's engine process")
             children_before = our_process_ids()
             mark = STDERR_TAIL.mark()
+            unfollow = STDERR_TAIL.follow(self._stage_follower())
             try:
                 self._engine = await asyncio.to_thread(self._create_engine, folder)
             except Exception as exc:
                 cause = root_cause(STDERR_TAIL.since(mark)) if STDERR_TAIL.installed else None
                 raise ModelLoadError(cause or f"{type(exc).__name__}: {exc}") from exc
             finally:
+                unfollow()
                 self._engine_processes = frozenset(our_process_ids() - children_before)
+        self.stage("building the chat serving (template, tool and reasoning parsers)")
         self._build_serving(folder)
         self._watch_processes()
         logger.info(
@@ -110,6 +145,25 @@ class VllmChatEngine(ChatEngine):
             self.max_model_len,
             self._tool_parser,
         )
+
+    def _stage_follower(self) -> Callable[[str], None]:
+        """What reads the start's stages from stderr's lines (on the tail's thread: matching only)."""
+        reached = -1
+
+        def follow(line: str) -> None:
+            nonlocal reached
+            moved = start_stage(line, reached)
+            if moved != reached:
+                reached = moved
+                self.stage(_START_STAGES[moved][1])
+
+        return follow
+
+    def progress(self) -> Progress | None:
+        """Tokens the engine core has read and generated, and requests vLLM has not finished."""
+        if self._engine is None:
+            return None
+        return Progress(self._work_done, self.running_requests)
 
     def _engine_args(self, folder: Path) -> dict[str, Any]:
         settings, on_gpu = self._settings, self.plan.placement is not Placement.CPU
@@ -196,12 +250,13 @@ class VllmChatEngine(ChatEngine):
         return engine
 
     def _step_tally(self, vllm_config: Any, engine_index: int = 0) -> Any:
-        """vLLM's stat-logger factory: a logger that hands each engine step's token counts to our
-        observer (vLLM's own Prometheus logger runs beside it)."""
+        """vLLM's stat-logger factory: a logger that hears of every step the engine core hands back
+        (on the event loop), and counts its tokens as the engine's progress and for our observer.
+        vLLM's own Prometheus logger runs beside it."""
         with IMPORT_LOCK:
             from vllm.v1.metrics.loggers import StatLoggerBase
 
-        observer = self.observer
+        engine, observer = self, self.observer
 
         class StepTally(StatLoggerBase):
             def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
@@ -214,8 +269,11 @@ class VllmChatEngine(ChatEngine):
                 mm_cache_stats: Any = None,
                 engine_idx: int = 0,
             ) -> None:
-                if iteration_stats is not None:
-                    observer.tokens(iteration_stats.num_prompt_tokens, iteration_stats.num_generation_tokens)
+                if iteration_stats is None:
+                    return
+                prompt, generated = iteration_stats.num_prompt_tokens, iteration_stats.num_generation_tokens
+                engine._work_done += prompt + generated + len(iteration_stats.finished_requests)
+                observer.tokens(prompt, generated)
 
             def log_engine_initialized(self) -> None:
                 pass

@@ -15,7 +15,7 @@ from local_llm.protocol.admin import (
     MemoryReport,
     UnloadResult,
 )
-from local_llm.protocol.models import MemoryParts, ModelCard, ModelList
+from local_llm.protocol.models import LoadingReport, MemoryParts, ModelCard, ModelList
 from local_llm.registry import ModelSpec
 
 
@@ -144,6 +144,7 @@ class ModelsService:
             running_requests=status.running_requests,
             error=status.error,
             retry_after_s=round(status.retry_at - time.time(), 1) if status.retry_at else None,
+            loading=_loading(status),
         )
 
 
@@ -153,6 +154,15 @@ def _created(spec: ModelSpec) -> int:
         return int(spec.path.stat().st_mtime)
     except OSError:
         return 0
+
+
+def _loading(status: ModelStatus) -> LoadingReport | None:
+    loading = status.loading
+    if loading is None:
+        return None
+    return LoadingReport(
+        stage=loading.stage, elapsed_s=round(loading.elapsed_s, 1), expected_s=_rounded(loading.expected_s)
+    )
 
 
 def _rounded(seconds: float | None) -> float | None:
