@@ -153,6 +153,7 @@ def local_llm(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_operators_load_pin_and_unload_over_http_and_the_cli(server, http: httpx.Client) -> None:  # type: ignore[no-untyped-def]
     name = "Qwen3-Embedding-tiny"
+    before = http.get("/admin/events").json()["last_seq"]
     loaded = http.post(f"/admin/models/{name}/load").json()
     assert loaded["state"] == "loaded"
     assert loaded["placement"] == "cpu"
@@ -171,6 +172,20 @@ def test_operators_load_pin_and_unload_over_http_and_the_cli(server, http: httpx
     assert http.get(f"/v1/models/{name}").json()["state"] == "available"
     again = http.post(f"/admin/models/{name}/unload").json()
     assert again["unloaded"] is False
+
+    # The journal tells the same story, as data, with reasons and seconds.
+    journal = http.get("/admin/events", params={"after": before}).json()
+    mine = [e for e in journal["events"] if e["model"] == name]
+    assert [e["event"] for e in mine] == ["loading", "loaded", "pinned", "unpinned", "unloading", "unloaded"]
+    assert mine[0]["placement"] == "cpu"
+    assert mine[0]["reason"]
+    assert mine[1]["seconds"] > 0
+    assert mine[4]["cause"] == "operator"
+    assert mine[4]["reason"] == "an operator asked"
+    assert mine[5]["seconds"] >= 0
+    assert journal["last_seq"] == journal["events"][-1]["seq"]
+    assert http.get("/admin/events", params={"after": journal["last_seq"]}).json()["events"] == []
+    assert_error(http.get("/admin/events", params={"after": -1}), 400, param="after")
 
     memory = json.loads(local_llm("memory", "--url", server.base_url).stdout)
     assert memory["ram"]["budget_bytes"] > 0

@@ -457,3 +457,65 @@ def test_a_model_that_fits_only_at_the_servers_least_footprint_waits_without_dra
     big.scheduler.measured_overhead(2 * G, big.now)
     refused = big.ask("huge")
     assert isinstance(big.effects.refused[refused.seq], InsufficientMemoryError)
+
+
+# --- the journal ------------------------------------------------------------------------------------------
+def _journal(rig: Rig) -> list[tuple[str, str, str | None, float | None]]:
+    return [
+        (e.model, e.event.value, e.cause.value if e.cause else None, e.seconds)
+        for e in rig.scheduler.journal.since()
+    ]
+
+
+def test_the_journal_pairs_each_decision_with_its_outcome_the_reason_and_the_seconds() -> None:
+    rig = Rig({"a": 5, "b": 5, "bad": 1}, gpu_gb=8, ram_gb=20)
+    parked = Footprint(gpu_bytes=G // 4, ram_bytes=5 * G)
+    rig.ask("a")
+    rig.scheduler.brought_up("a", rig.now + 3, seconds=3.0, measured=None, parking=parked)
+    rig.done("a")
+    rig.now += 10
+    rig.ask("b")  # a is parked to make room for b
+    rig.now += 1
+    rig.scheduler.parked("a", rig.now, seconds=0.5, measured=None)
+    rig.up("b")
+    rig.done("b")
+    rig.scheduler.pin("b", True, rig.now)
+    rig.ask("bad")
+    rig.scheduler.bring_up_failed("bad", rig.now + 2, "SafetensorError: incomplete metadata")
+    rig.scheduler.engine_died("b", rig.now, "killed by SIGKILL")
+    rig.now += 4
+    rig.scheduler.stopped("b", rig.now)
+    assert _journal(rig) == [
+        ("a", "loading", None, None),
+        ("a", "loaded", None, 3.0),
+        ("a", "parking", "evicted", None),
+        ("b", "loading", None, None),
+        ("a", "parked", "evicted", 0.5),
+        ("b", "loaded", None, 1.0),
+        ("b", "pinned", None, None),
+        ("bad", "loading", None, None),
+        ("bad", "failed", None, 2.0),
+        ("b", "died", None, None),
+        ("b", "unloading", "engine_died", None),
+        ("b", "unloaded", "engine_died", 4.0),
+    ]
+    entries = rig.scheduler.journal.since()
+    assert entries[2].reason == "least recently used idle model, making room for b"
+    assert entries[0].placement == "gpu"
+    assert entries[0].reason
+    assert entries[8].reason == "SafetensorError: incomplete metadata"
+    assert [e.seq for e in rig.scheduler.journal.since(after=10)] == [11, 12]
+    assert [e.seq for e in rig.scheduler.journal.since(limit=2)] == [11, 12]
+
+
+def test_an_idle_model_past_its_time_to_live_and_an_operators_unload_are_told_apart() -> None:
+    rig = Rig({"a": 1, "b": 1}, ttl={"a": 30})
+    for name in ("a", "b"):
+        rig.ask(name)
+        rig.up(name)
+        rig.done(name)
+    rig.scheduler.unload("b", rig.now)
+    rig.now += 31
+    rig.scheduler.tick(rig.now)
+    takedowns = [(e.model, e.cause) for e in rig.scheduler.journal.since() if e.event.value == "unloading"]
+    assert [(m, c.value if c else None) for m, c in takedowns] == [("b", "operator"), ("a", "idle")]

@@ -33,6 +33,7 @@ from local_llm.engines.factory import create_engine, estimate_for, stray_engine_
 from local_llm.engines.reaper import ProcessReaper
 from local_llm.errors import LocalLLMError, ModelLoadTimeoutError
 from local_llm.manager.effects import EngineEffects, EngineFactory
+from local_llm.manager.journal import Journal
 from local_llm.manager.policy import Budget, Holding, used
 from local_llm.manager.scheduler import (
     ModelEntry,
@@ -184,6 +185,11 @@ class ModelManager:
             f", at most {budget.max_models} models loaded" if budget.max_models else "",
         )
         return budget
+
+    @property
+    def journal(self) -> Journal:
+        """What happened to each model, when and why (the scheduler writes it)."""
+        return self.scheduler.journal
 
     @property
     def budget(self) -> Budget:

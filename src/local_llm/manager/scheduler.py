@@ -43,6 +43,7 @@ from local_llm.errors import (
     ModelLoadError,
     ShuttingDownError,
 )
+from local_llm.manager.journal import Cause, Journal, LifecycleEvent
 from local_llm.manager.policy import (
     Budget,
     Holding,
@@ -148,6 +149,10 @@ class ModelRecord:
     # Memory a take-down in progress has not given back yet.
     releasing: Footprint | None = None
     logged_wait: bool = False
+    # The bring-up or take-down under way: when it was decided, and (a take-down) why, for the journal.
+    since: float = 0.0
+    down_cause: Cause | None = None
+    down_reason: str | None = None
     load_seconds: float | None = None
     wake_seconds: float | None = None
     park_seconds: float | None = None
@@ -222,6 +227,7 @@ class Scheduler:
         rules: Rules | None = None,
         *,
         overhead_measured: bool = True,
+        journal: Journal | None = None,
     ) -> None:
         self.records = {m.name: ModelRecord(m.name, pinned=m.pinned, idle_ttl_s=m.idle_ttl_s) for m in models}
         self._base_budget = budget
@@ -239,6 +245,8 @@ class Scheduler:
         # and vLLM are in).
         self.overhead_measured = overhead_measured
         self.closing = False
+        # What happened to each model and why: the status page's and the metrics' record.
+        self.journal = journal or Journal()
 
     # --- what others read ------------------------------------------------------------------------
     @property
@@ -325,6 +333,13 @@ class Scheduler:
         else:
             record.load_seconds, record.loads = seconds, record.loads + 1
         self._check_measurement(record)
+        self.journal.record(
+            now,
+            name,
+            LifecycleEvent.WOKEN if waking else LifecycleEvent.LOADED,
+            seconds=seconds,
+            placement=record.plan.placement.value if record.plan else None,
+        )
         for ticket in record.waiters:
             self._grant(record, ticket, now)
         record.waiters.clear()
@@ -333,6 +348,7 @@ class Scheduler:
     def bring_up_failed(self, name: str, now: float, cause: str) -> None:
         """A load or wake failed (the effects have stopped what was left of the engine)."""
         record = self.records[name]
+        self.journal.record(now, name, LifecycleEvent.FAILED, reason=cause, seconds=now - record.since)
         previous = record.failure
         count = previous.count + 1 if previous is not None and not previous.while_serving else 1
         backoff = min(self.rules.retry_backoff_s * 2 ** (count - 1), self.rules.max_retry_backoff_s)
@@ -354,12 +370,28 @@ class Scheduler:
         record = self.records[name]
         record.phase, record.releasing, record.measured = Phase.PARKED, None, measured
         record.park_seconds = seconds
+        self.journal.record(
+            now,
+            name,
+            LifecycleEvent.PARKED,
+            reason=record.down_reason,
+            seconds=seconds,
+            cause=record.down_cause,
+        )
         self._advance(now)
 
     def stopped(self, name: str, now: float) -> None:
         """An engine is gone and its memory given back."""
         record = self.records[name]
         record.phase, record.releasing, record.measured, record.parking = Phase.IDLE, None, None, None
+        self.journal.record(
+            now,
+            name,
+            LifecycleEvent.UNLOADED,
+            reason=record.down_reason,
+            seconds=now - record.since,
+            cause=record.down_cause,
+        )
         self._advance(now)
 
     def engine_died(self, name: str, now: float, cause: str) -> None:
@@ -372,7 +404,8 @@ class Scheduler:
         logger.error("%s: its engine died: %s; the next request loads it again", name, cause)
         record.failure = Failure(cause, count=0, retry_at=now, while_serving=True)
         record.drained_for.clear()
-        self._take_down(record, park=False, why="its engine died", now=now)
+        self.journal.record(now, name, LifecycleEvent.DIED, reason=cause)
+        self._take_down(record, park=False, why="its engine died", cause=Cause.ENGINE_DIED, now=now)
         self._advance(now)
 
     def measured_overhead(self, ram_bytes: int, now: float) -> None:
@@ -399,7 +432,7 @@ class Scheduler:
             raise ModelBusyError(f"Model '{name}' is loading; try again when it has loaded.")
         if record.phase not in (Phase.LOADED, Phase.PARKED):
             return False
-        self._take_down(record, park=False, why="an operator asked", now=now)
+        self._take_down(record, park=False, why="an operator asked", cause=Cause.OPERATOR, now=now)
         self._advance(now)
         return True
 
@@ -407,6 +440,7 @@ class Scheduler:
         record = self.records[name]
         record.pinned = pinned
         logger.info("%s %s", "pinned" if pinned else "unpinned", name)
+        self.journal.record(now, name, LifecycleEvent.PINNED if pinned else LifecycleEvent.UNPINNED)
         self._advance(now)
 
     def retry_now(self, name: str) -> None:
@@ -504,18 +538,26 @@ class Scheduler:
         really free (at once where it fits beside what is still being given back)."""
         why = f"least recently used idle model, making room for {record.name}"
         for name in park:
-            self._take_down(self.records[name], park=True, why=why, now=now)
+            self._take_down(self.records[name], park=True, why=why, cause=Cause.EVICTED, now=now)
         for name in unload:
-            self._take_down(self.records[name], park=False, why=why, now=now)
+            self._take_down(self.records[name], park=False, why=why, cause=Cause.EVICTED, now=now)
         record.plan = plan
         need = record.reserved(plan)
         record.phase = Phase.WAKING if waking else Phase.LOADING
+        record.since = now
+        self.journal.record(
+            now,
+            record.name,
+            LifecycleEvent.WAKING if waking else LifecycleEvent.LOADING,
+            reason=None if waking else plan.reason,
+            placement=plan.placement.value,
+        )
         record.logged_wait = False
         self._undrain(record.name)
         after = frozenset() if self._fits_beside_releases(need, record.name) else self._releasing()
         self._effects.bring_up(record.name, record.plan, wake=waking, after=after)
 
-    def _take_down(self, record: ModelRecord, *, park: bool, why: str, now: float) -> None:
+    def _take_down(self, record: ModelRecord, *, park: bool, why: str, cause: Cause, now: float) -> None:
         """Out of the ledger (parked: down to its parked holding) in this step; the effects finish it.
         The one place a park or an unload is decided, so the one place it is logged."""
         held = record.held()
@@ -531,6 +573,14 @@ class Scheduler:
             held.describe(),
             idle,
             why,
+        )
+        record.since, record.down_cause, record.down_reason = now, cause, why
+        self.journal.record(
+            now,
+            record.name,
+            LifecycleEvent.PARKING if park else LifecycleEvent.UNLOADING,
+            reason=why,
+            cause=cause,
         )
         if park:
             record.phase = Phase.PARKING
@@ -548,7 +598,7 @@ class Scheduler:
             if record.waiters:
                 continue
             why = f"idle longer than its time to live of {ttl[name]:g}s"
-            self._take_down(record, park=False, why=why, now=now)
+            self._take_down(record, park=False, why=why, cause=Cause.IDLE, now=now)
 
     def _fit_to_budget(self, now: float) -> None:
         """After a measurement raised what a model holds (or the server's own footprint grew)."""
@@ -556,9 +606,9 @@ class Scheduler:
         decision = over_budget(holdings, self.budget, may_park=self.rules.may_park)
         why = "the ledger is over budget once what models really hold was measured"
         for name in decision.park:
-            self._take_down(self.records[name], park=True, why=why, now=now)
+            self._take_down(self.records[name], park=True, why=why, cause=Cause.OVER_BUDGET, now=now)
         for name in decision.unload:
-            self._take_down(self.records[name], park=False, why=why, now=now)
+            self._take_down(self.records[name], park=False, why=why, cause=Cause.OVER_BUDGET, now=now)
 
     def _check_measurement(self, record: ModelRecord) -> None:
         if record.measured is None or record.plan is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from local_llm.manager.journal import Cause, LifecycleEvent
 from local_llm.manager.policy import Stage
 from local_llm.protocol.models import ModelCard
 
@@ -42,3 +43,23 @@ class MemoryReport(BaseModel):
     gpu_name: str | None = None
     max_models: int | None = None
     holdings: list[HoldingReport]
+
+
+class LifecycleEntry(BaseModel):
+    """One entry of the lifecycle journal: a decision (with its reason) or its outcome (with the
+    seconds it took)."""
+
+    seq: int
+    time: float
+    model: str
+    event: LifecycleEvent
+    reason: str | None = None
+    seconds: float | None = None
+    cause: Cause | None = None
+    placement: str | None = None
+
+
+class EventList(BaseModel):
+    events: list[LifecycleEntry]
+    # The newest entry's number: what a poller passes as ``after`` next time.
+    last_seq: int

@@ -148,8 +148,9 @@ def openai_stream_error(exc: LocalLLMError) -> bytes:
 
 
 def _param_from_location(location: tuple[Any, ...]) -> str | None:
-    """The top-level field: ('body', 'input', 'list[str]', 0) -> 'input'; ('body',) -> None."""
-    return str(location[1]) if len(location) > 1 and location[0] == "body" else None
+    """The top-level field or query parameter: ('body', 'input', 'list[str]', 0) -> 'input';
+    ('query', 'after') -> 'after'; ('body',) -> None."""
+    return str(location[1]) if len(location) > 1 and location[0] in ("body", "query") else None
 
 
 def _validation_message(exc: RequestValidationError, content_type: str) -> tuple[str, str | None]:

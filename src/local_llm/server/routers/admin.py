@@ -1,10 +1,11 @@
-"""Operator routes: load, unload, pin and unpin a model, and the memory ledger (same auth as /v1)."""
+"""Operator routes: load, unload, pin and unpin a model, the memory ledger and the lifecycle journal
+(same auth as /v1)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 
-from local_llm.protocol.admin import MemoryReport, UnloadResult
+from local_llm.protocol.admin import EventList, MemoryReport, UnloadResult
 from local_llm.protocol.models import ModelCard
 from local_llm.server.cancellation import with_cancellation
 from local_llm.server.openapi import LIST_RESPONSES, LOAD_RESPONSES, READ_RESPONSES, UNLOAD_RESPONSES
@@ -45,3 +46,12 @@ async def unpin_model(model_id: str, request: Request) -> ModelCard | Response:
 @router.get("/memory", response_model=MemoryReport, responses=LIST_RESPONSES)
 async def memory(request: Request) -> MemoryReport:
     return await _service(request).memory()
+
+
+@router.get("/events", response_model=EventList, responses=LIST_RESPONSES)
+async def events(
+    request: Request,
+    after: int = Query(0, ge=0, description="Only entries after this sequence number (a poller's last_seq)."),
+    limit: int = Query(200, ge=1, le=1000, description="At most this many, the newest."),
+) -> EventList:
+    return _service(request).events(after, limit)

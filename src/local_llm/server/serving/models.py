@@ -7,7 +7,14 @@ import time
 
 from local_llm.manager import ModelManager, ModelStatus
 from local_llm.placement import MemoryEstimate
-from local_llm.protocol.admin import DeviceMemory, HoldingReport, MemoryReport, UnloadResult
+from local_llm.protocol.admin import (
+    DeviceMemory,
+    EventList,
+    HoldingReport,
+    LifecycleEntry,
+    MemoryReport,
+    UnloadResult,
+)
 from local_llm.protocol.models import MemoryParts, ModelCard, ModelList
 from local_llm.registry import ModelSpec
 
@@ -69,6 +76,25 @@ class ModelsService:
                 )
                 for h in ledger.holdings
             ],
+        )
+
+    def events(self, after: int, limit: int) -> EventList:
+        journal = self._manager.journal
+        return EventList(
+            events=[
+                LifecycleEntry(
+                    seq=e.seq,
+                    time=round(e.time, 3),
+                    model=e.model,
+                    event=e.event,
+                    reason=e.reason,
+                    seconds=_rounded(e.seconds),
+                    cause=e.cause,
+                    placement=e.placement,
+                )
+                for e in journal.since(after, limit)
+            ],
+            last_seq=journal.last_seq,
         )
 
     # --- cards -------------------------------------------------------------------------------
