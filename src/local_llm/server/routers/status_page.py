@@ -27,12 +27,20 @@ def _page() -> str:
     return files("local_llm.server").joinpath("static/status.html").read_text(encoding="utf-8")
 
 
-@router.api_route(
+# Two decorators, not one api_route: each method needs its own operation id in the OpenAPI document.
+@router.get(
     "/",
-    methods=["GET", "HEAD"],
+    operation_id="status_page",
+    summary="The status page (text/html), or Ollama's greeting",
     response_class=PlainTextResponse,
     responses=STATUS_PAGE_RESPONSES,
-    summary="The status page (text/html), or Ollama's greeting",
+)
+@router.head(
+    "/",
+    operation_id="status_page_head",
+    summary="Ollama's probe: 200 with the greeting's headers",
+    response_class=PlainTextResponse,
+    responses=STATUS_PAGE_RESPONSES,
 )
 async def status_page(request: Request) -> Response:
     # The answer depends on Accept: a cache must not hand the page to an Ollama client or the reverse.
