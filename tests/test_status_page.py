@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -183,6 +184,13 @@ def test_the_page_shows_the_models_and_its_buttons_load_and_unload(
     button(page, MINILM, "unload").click()
     expect(state_of(page, MINILM)).to_have_attribute("data-state", "available", timeout=30_000)
     assert api_state(bundled_server, MINILM) == "available"
+    # The journal, newest on top: the operator's unload, and before it the load with its seconds.
+    newest = page.locator(f'#events tbody tr:has(td.model-name:text-is("{MINILM}"))')
+    expect(newest.first.locator("[data-event]")).to_have_attribute("data-event", "unloaded")
+    expect(newest.first.locator("[data-cause]")).to_have_attribute("data-cause", "operator")
+    loaded = page.locator(f'#events tbody tr:has([data-event="loaded"]):has(td:text-is("{MINILM}"))')
+    expect(loaded).to_have_count(1)
+    expect(loaded.locator("td.num")).to_have_text(re.compile(r"\d+\.\d+ s"))
     page.screenshot(path=str(tmp_path / "status-page-unloaded.png"), full_page=True)
 
     # Chinese: every label on the page has both languages, and the choice is kept for the next visit.
