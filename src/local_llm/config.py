@@ -36,6 +36,11 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Comma-separated API keys. When set, every /v1 route needs `Authorization: Bearer KEY`.",
     )
+    metrics_open_to_localhost: bool = Field(
+        False,
+        description="Serve /metrics without an API key to clients on this machine (a Prometheus scraper "
+        "on localhost); other clients still need one when LLM_API_KEYS is set.",
+    )
     max_request_body_mb: float = Field(
         32.0, gt=0, description="Largest request body accepted, in MiB; larger bodies get 413."
     )

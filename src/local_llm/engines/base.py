@@ -7,7 +7,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from enum import Enum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from local_llm.backends import import_backend
 from local_llm.errors import EngineFailedError
@@ -30,6 +30,39 @@ class Capability(str, Enum):
 DeathCallback = Callable[[str], None]
 
 
+class EngineObserver(Protocol):
+    """What an engine tells of its work as it goes, for the metrics: plain numbers, from any thread.
+
+    Engines report facts only they see (a forward pass's padded tokens, the tokens vLLM generated in
+    a step); they do not know who listens. The effects hand each engine its model's observer.
+    """
+
+    def forward_pass(self, inputs: int, tokens: int, padded_tokens: int, seconds: float) -> None:
+        """A batched engine ran one forward pass over ``inputs`` inputs (``tokens`` real tokens,
+        ``padded_tokens`` once padded to the longest)."""
+
+    def stage(self, stage: str, seconds: float) -> None:
+        """A request spent ``seconds`` in ``stage`` (``tokenize``, ``queue``) before its forward pass."""
+
+    def tokens(self, prompt: int, generated: int) -> None:
+        """A chat engine read ``prompt`` prompt tokens and generated ``generated`` tokens."""
+
+
+class _Unobserved:
+    def forward_pass(self, inputs: int, tokens: int, padded_tokens: int, seconds: float) -> None:
+        pass
+
+    def stage(self, stage: str, seconds: float) -> None:
+        pass
+
+    def tokens(self, prompt: int, generated: int) -> None:
+        pass
+
+
+#: The observer of an engine nobody observes (tests, the CLI).
+UNOBSERVED: EngineObserver = _Unobserved()
+
+
 class Engine(ABC):
     """A model the manager can load and unload.
 
@@ -50,6 +83,8 @@ class Engine(ABC):
         self.plan = plan
         #: Bytes of the loaded tensors (in-process engines), once started.
         self.memory_bytes: int | None = None
+        #: Who hears of the engine's work (set by the effects before ``start``).
+        self.observer: EngineObserver = UNOBSERVED
         self._on_death: DeathCallback | None = None
         self._death: str | None = None
 

@@ -93,6 +93,7 @@ class BatchedEngine(TorchModuleParking, Engine, Generic[P, R]):
             self._run_batch,
             max_batch_items=self._batch_size * PASSES_PER_GATHER,
             max_batch_cost=self._batch_tokens * PASSES_PER_GATHER,
+            on_waited=lambda seconds: self.observer.stage("queue", seconds),
         )
         self._queue.start()
         logger.info(
@@ -126,7 +127,10 @@ class BatchedEngine(TorchModuleParking, Engine, Generic[P, R]):
 
     async def _on_tokenizing_thread(self, work: Callable[[], T]) -> T:
         """Run tokenizer work beside the model's thread, never on the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(self._tokenizing_thread, work)
+        started = time.perf_counter()
+        result = await asyncio.get_running_loop().run_in_executor(self._tokenizing_thread, work)
+        self.observer.stage("tokenize", time.perf_counter() - started)
+        return result
 
     async def _submit(self, payloads: Sequence[P]) -> list[R]:
         """Queue ``payloads`` with concurrent requests' and wait for their results, in order."""
@@ -141,8 +145,9 @@ class BatchedEngine(TorchModuleParking, Engine, Generic[P, R]):
             forward = [i for i in planned if wanted(i)]
             if not forward:
                 continue
+            started = time.perf_counter()
             try:
-                results = self._forward([batch[i] for i in forward])
+                results = list(self._forward([batch[i] for i in forward]))
             except Exception as exc:
                 cause = fatal_cause(exc)
                 if cause is None:
@@ -153,6 +158,12 @@ class BatchedEngine(TorchModuleParking, Engine, Generic[P, R]):
                     "it again.",
                     retry_after_s=1,
                 ) from exc
+            self.observer.forward_pass(
+                len(forward),
+                sum(lengths[i] for i in forward),
+                max(lengths[i] for i in forward) * len(forward),
+                time.perf_counter() - started,
+            )
             yield list(zip(forward, results, strict=True))
 
     def _loop_call(self, function: Callable[[str], None], argument: str) -> None:

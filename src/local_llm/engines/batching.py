@@ -48,6 +48,8 @@ class _Item(Generic[P, R]):
     future: asyncio.Future[R]
     # Set when the request went away: the item is dropped wherever it is, queue or gathered batch.
     abandoned: bool = False
+    # When its gathered batch began (the loop's clock): the end of its wait in the queue.
+    started: float | None = None
 
 
 @dataclass
@@ -72,6 +74,7 @@ class BatchQueue(Generic[P, R]):
 
     ``cost`` of an item is its length in tokens; a batch holds at most ``max_batch_items`` items and
     ``max_batch_cost`` tokens in all (a single item larger than that still runs, alone).
+    ``on_waited(seconds)`` hears, per request, how long it waited until its first input's batch began.
     """
 
     def __init__(
@@ -81,8 +84,10 @@ class BatchQueue(Generic[P, R]):
         *,
         max_batch_items: int,
         max_batch_cost: int,
+        on_waited: Callable[[float], None] | None = None,
     ) -> None:
         self.name = name
+        self._on_waited = on_waited
         self._run_batch = run_batch
         self._max_items = max_batch_items
         self._max_cost = max_batch_cost
@@ -136,8 +141,9 @@ class BatchQueue(Generic[P, R]):
         ]
         self._pending.extend(items)
         self._wakeup.set()
+        queued = loop.time()
         try:
-            return list(await asyncio.gather(*(item.future for item in items)))
+            results = list(await asyncio.gather(*(item.future for item in items)))
         except BaseException:
             for item in items:
                 if not item.future.done():
@@ -145,6 +151,10 @@ class BatchQueue(Generic[P, R]):
                 item.abandoned = True
                 item.future.cancel()
             raise
+        if self._on_waited is not None:
+            began = min((item.started for item in items if item.started is not None), default=queued)
+            self._on_waited(began - queued)
+        return results
 
     def _take_batch(self) -> list[_Item[P, R]]:
         batch: list[_Item[P, R]] = []
@@ -170,6 +180,9 @@ class BatchQueue(Generic[P, R]):
                 continue
             self.stats.record(len(batch))
             self._running = batch
+            began = loop.time()
+            for item in batch:
+                item.started = began
 
             def wanted(index: int, batch: list[_Item[P, R]] = batch) -> bool:
                 return not batch[index].abandoned

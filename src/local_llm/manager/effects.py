@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from local_llm.config import Settings
-from local_llm.engines.base import Engine
+from local_llm.engines.base import UNOBSERVED, Engine, EngineObserver
 from local_llm.engines.reaper import ProcessReaper
 from local_llm.errors import LocalLLMError, ModelLoadError
 from local_llm.manager.scheduler import Ticket
@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 EngineFactory = Callable[[ModelSpec, PlacementPlan, Settings], Engine]
 Clock = Callable[[], float]
+# Who hears of a model's engine work (the metrics), by the model's name.
+ObserverFor = Callable[[str], EngineObserver]
 
 # An engine's stop that takes longer than this is cut short: its processes are killed, so the memory a
 # waiting bring-up needs comes back whatever the engine does.
@@ -54,8 +56,10 @@ class EngineEffects:
         factory: EngineFactory,
         clock: Clock,
         reaper: ProcessReaper | None = None,
+        observer_for: ObserverFor | None = None,
     ) -> None:
         self._registry = registry
+        self._observer_for = observer_for
         self._settings = settings
         self._factory = factory
         self._clock = clock
@@ -125,6 +129,7 @@ class EngineEffects:
                 if spec.weight_format is not WeightFormat.GGUF:
                     await asyncio.to_thread(_verify_weights, spec)
                 engine = self._factory(spec, plan, self._settings)
+                engine.observer = self._observer_for(name) if self._observer_for else UNOBSERVED
                 in_process = engine.in_process
                 alone = in_process and self._in_process_loads == 0
                 self._in_process_loads += in_process

@@ -32,7 +32,7 @@ from local_llm.engines.base import Engine
 from local_llm.engines.factory import create_engine, estimate_for, stray_engine_processes
 from local_llm.engines.reaper import ProcessReaper
 from local_llm.errors import LocalLLMError, ModelLoadTimeoutError
-from local_llm.manager.effects import EngineEffects, EngineFactory
+from local_llm.manager.effects import EngineEffects, EngineFactory, ObserverFor
 from local_llm.manager.journal import Journal
 from local_llm.manager.policy import Budget, Holding, used
 from local_llm.manager.scheduler import (
@@ -123,10 +123,12 @@ class ModelManager:
         need_estimator: NeedEstimator | None = None,
         reaper: ProcessReaper | None = None,
         libraries_pending: bool = False,
+        observer_for: ObserverFor | None = None,
     ) -> None:
         """``libraries_pending``: the engine libraries are still to be imported (the app imports them
         in the background at start); no model is brought up until ``libraries_imported`` has measured
-        the server's own footprint with them in."""
+        the server's own footprint with them in. ``observer_for(model)``: who hears of each engine's
+        work (the metrics)."""
         self.registry = registry
         self._settings = settings
         self._probe = device_probe
@@ -135,7 +137,7 @@ class ModelManager:
         self._reaper = reaper
         snapshot = self._probe()
         budget = self._budget(snapshot)
-        self.effects = EngineEffects(registry, settings, engine_factory, time.time, reaper)
+        self.effects = EngineEffects(registry, settings, engine_factory, time.time, reaper, observer_for)
         pinned = {registry.get(name).name for name in settings.pinned_models}
         self.scheduler = Scheduler(
             [

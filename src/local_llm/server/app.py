@@ -28,6 +28,7 @@ from local_llm.server.routers import (
     chat,
     embeddings,
     health,
+    metrics,
     models,
     ollama,
     rerank,
@@ -42,6 +43,7 @@ from local_llm.server.serving.models import ModelsService
 from local_llm.server.serving.ollama import OllamaService
 from local_llm.server.serving.rerank import RerankService
 from local_llm.server.serving.responses import ResponsesService, ResponseStore
+from local_llm.telemetry import Metrics, RequestMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -73,13 +75,16 @@ def create_app(
     registry = registry or ModelRegistry.discover(settings.models_dir, settings.bundled_models)
     log_discovery(registry)
     configure_vllm_environment(settings)
+    telemetry = Metrics()
     manager = ModelManager(
         registry,
         settings,
         engine_factory=engine_factory or create_engine,
         reaper=ProcessReaper() if reap_processes else None,
         libraries_pending=True,
+        observer_for=telemetry.observer_for,
     )
+    manager.journal.subscribe(telemetry.lifecycle)
     preload = engine_factory is None
 
     @asynccontextmanager
@@ -106,14 +111,17 @@ def create_app(
     app = FastAPI(title="local-llm-interface", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.manager = manager
+    app.state.metrics = telemetry
     app.state.models = ModelsService(manager)
 
     install_error_handlers(app)
     install_openapi(app)
     app.add_middleware(OllamaBodiesAreJson)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_body_bytes)
-    # Added last, so it runs first: an oversized head is refused before its body is read.
+    # After the body limit, so it runs before it: an oversized head is refused before its body is read.
     app.add_middleware(HeaderSizeLimit, max_bytes=settings.max_request_header_bytes)
+    # Added last, so it runs first: every request is counted, those the limits refuse included.
+    app.add_middleware(RequestMetrics, metrics=telemetry)
     authenticated = [Depends(require_api_key)]
     app.include_router(chat.router, dependencies=authenticated)
     app.include_router(responses.router, dependencies=authenticated)
@@ -124,6 +132,7 @@ def create_app(
     app.include_router(ollama.router, dependencies=authenticated)
     app.include_router(admin.router, dependencies=authenticated)
     app.include_router(health.router)
+    app.include_router(metrics.router)  # its own auth rule: see the router
     # The page holds no data (it reads the routes above with the key), so it is open, as /health is.
     app.include_router(status_page.router)
     return app

@@ -63,6 +63,19 @@ UNLOAD_RESPONSES: Responses = {
 READ_RESPONSES: Responses = {**_AUTH, **_MODEL}
 #: Routes that read the whole server.
 LIST_RESPONSES: Responses = {**_AUTH}
+#: ``GET /admin/events``: the journal, from a sequence number on.
+EVENTS_RESPONSES: Responses = {
+    400: _error("`after` or `limit` is out of range (invalid_request_error; `param` names it)."),
+    **_AUTH,
+}
+#: ``GET /metrics``: Prometheus' text exposition format.
+METRICS_RESPONSES: Responses = {
+    **_AUTH,
+    200: {
+        "description": "Prometheus text exposition format.",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    },
+}
 #: ``GET /health``: its own report, also while shutting down.
 HEALTH_RESPONSES: Responses = {503: {"model": HealthReport, "description": "The server is shutting down."}}
 #: ``GET /``: the status page for a browser (``Accept: text/html``), else Ollama's greeting.

@@ -449,7 +449,7 @@ class TransformersChatEngine(TorchModuleParking, ChatEngine):
         with self._generating:
             self._running += 1
             try:
-                return self._generate_now(prompt, sampling, cancel, on_token)
+                results = self._generate_now(prompt, sampling, cancel, on_token)
             except Exception as exc:
                 cause = fatal_cause(exc)
                 if cause is None:
@@ -463,6 +463,8 @@ class TransformersChatEngine(TorchModuleParking, ChatEngine):
                 ) from exc
             finally:
                 self._running -= 1
+        self.observer.tokens(len(prompt), sum(len(result.token_ids) for result in results))
+        return results
 
     def _generate_now(
         self,

@@ -58,6 +58,9 @@ VLLM_PARKED_GPU_BYTES = 768 * 1024**2
 # vLLM engines start one at a time: they share the GPU's free memory (each checks it at start), and a
 # failed start's cause is read from the lines written to stderr while it ran.
 _STARTING = asyncio.Lock()
+# The engine whose vLLM metrics are registered in prometheus_client's global registry (each engine's
+# start replaces the previous one's there): the one that takes them out again when it stops.
+_METRICS_OWNER: list[VllmChatEngine] = []
 T = TypeVar("T")
 
 
@@ -119,7 +122,9 @@ class VllmChatEngine(ChatEngine):
             "trust_remote_code": self.spec.options.trust_remote_code,
             "tensor_parallel_size": settings.vllm_tensor_parallel_size,
             "structured_outputs_config": STRUCTURED_OUTPUTS_CONFIG,
-            "disable_log_stats": True,
+            # On, as in `vllm serve`: vLLM's own Prometheus metrics (served on our /metrics) and the
+            # token counts our metrics take from each engine step (_StepTally).
+            "disable_log_stats": False,
         }
         if settings.vllm_max_num_seqs:
             args["max_num_seqs"] = settings.vllm_max_num_seqs
@@ -184,7 +189,38 @@ class VllmChatEngine(ChatEngine):
             from vllm.engine.arg_utils import AsyncEngineArgs
             from vllm.v1.engine.async_llm import AsyncLLM
 
-        return AsyncLLM.from_engine_args(AsyncEngineArgs(**self._engine_args(folder)))
+        engine = AsyncLLM.from_engine_args(
+            AsyncEngineArgs(**self._engine_args(folder)), stat_loggers=[self._step_tally]
+        )
+        _METRICS_OWNER[:] = [self]
+        return engine
+
+    def _step_tally(self, vllm_config: Any, engine_index: int = 0) -> Any:
+        """vLLM's stat-logger factory: a logger that hands each engine step's token counts to our
+        observer (vLLM's own Prometheus logger runs beside it)."""
+        with IMPORT_LOCK:
+            from vllm.v1.metrics.loggers import StatLoggerBase
+
+        observer = self.observer
+
+        class StepTally(StatLoggerBase):
+            def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+                pass
+
+            def record(
+                self,
+                scheduler_stats: Any,
+                iteration_stats: Any,
+                mm_cache_stats: Any = None,
+                engine_idx: int = 0,
+            ) -> None:
+                if iteration_stats is not None:
+                    observer.tokens(iteration_stats.num_prompt_tokens, iteration_stats.num_generation_tokens)
+
+            def log_engine_initialized(self) -> None:
+                pass
+
+        return StepTally(vllm_config, engine_index)
 
     # --- death: the engine process's exit, seen by the event loop as it happens --------------------
     def _watch_processes(self) -> None:
@@ -339,6 +375,12 @@ class VllmChatEngine(ChatEngine):
             # Ends vLLM's engine-core process: that is what returns the weights' and KV cache's memory.
             await asyncio.to_thread(engine.shutdown)
             _forget_tokenizers()
+        if self in _METRICS_OWNER:
+            # /metrics would go on showing a gone engine's last figures as if it still ran.
+            with IMPORT_LOCK:
+                from vllm.v1.metrics.prometheus import unregister_vllm_metrics
+            unregister_vllm_metrics()
+            _METRICS_OWNER.clear()
 
     # --- properties ----------------------------------------------------------------------------
     @property

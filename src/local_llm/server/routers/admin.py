@@ -8,7 +8,13 @@ from fastapi import APIRouter, Query, Request, Response
 from local_llm.protocol.admin import EventList, MemoryReport, UnloadResult
 from local_llm.protocol.models import ModelCard
 from local_llm.server.cancellation import with_cancellation
-from local_llm.server.openapi import LIST_RESPONSES, LOAD_RESPONSES, READ_RESPONSES, UNLOAD_RESPONSES
+from local_llm.server.openapi import (
+    EVENTS_RESPONSES,
+    LIST_RESPONSES,
+    LOAD_RESPONSES,
+    READ_RESPONSES,
+    UNLOAD_RESPONSES,
+)
 from local_llm.server.serving.models import ModelsService
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -48,7 +54,7 @@ async def memory(request: Request) -> MemoryReport:
     return await _service(request).memory()
 
 
-@router.get("/events", response_model=EventList, responses=LIST_RESPONSES)
+@router.get("/events", response_model=EventList, responses=EVENTS_RESPONSES)
 async def events(
     request: Request,
     after: int = Query(0, ge=0, description="Only entries after this sequence number (a poller's last_seq)."),

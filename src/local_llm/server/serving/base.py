@@ -42,6 +42,7 @@ from local_llm.errors import (
 )
 from local_llm.manager import ModelManager
 from local_llm.registry import ModelSpec
+from local_llm.telemetry import current_request
 
 logger = logging.getLogger(__name__)
 
@@ -209,6 +210,7 @@ class Serving(Generic[E]):
     def resolve(self, name: str) -> ModelSpec:
         """The model served as ``name``, if it can serve this route (404 / 400 otherwise)."""
         spec = self.manager.registry.get(name)
+        current_request().model = spec.name
         if self.capability not in capabilities_of(spec, self.settings):
             raise self.mismatch(spec)
         return spec
@@ -229,7 +231,9 @@ class Serving(Generic[E]):
         """Run ``work(engine)`` under a permit and a lease; engine errors in the route's names."""
         with self.admission.permit(spec.name, inputs) as permit:
             try:
+                asked = time.perf_counter()
                 async with self.manager.lease(spec.name, keep_alive_s=keep_alive_s) as engine:
+                    current_request().queue_wait_s = time.perf_counter() - asked
                     return await work(engine)  # type: ignore[arg-type]
             except EngineRequestError as exc:
                 raise fields.error(exc) from None
@@ -255,7 +259,9 @@ class Serving(Generic[E]):
         stack = AsyncExitStack()
         permit = stack.enter_context(self.admission.permit(spec.name))
         try:
+            asked = time.perf_counter()
             engine = await stack.enter_async_context(self.manager.lease(spec.name, keep_alive_s=keep_alive_s))
+            current_request().queue_wait_s = time.perf_counter() - asked
             result = await work(engine)  # type: ignore[arg-type]
         except BaseException as exc:
             await stack.aclose()
