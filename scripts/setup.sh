@@ -56,6 +56,19 @@ case ",$extras," in
         ;;
 esac
 
+# tests/test_status_page.py drives a headless browser: Debian's chromium (Playwright's own browser
+# download needs the internet, and its builds do not run on every distribution), with a CJK font so the
+# page's Chinese labels show in its screenshot. Installed where we may; elsewhere the test says what is
+# missing.
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    log "installing Debian's chromium (for the status page's browser test)"
+    apt_install() { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-microhei >/dev/null 2>&1; }
+    # From the package lists there are; a fresh machine has none yet, so update once if that fails.
+    if ! { apt_install || { apt-get update -qq >/dev/null 2>&1 && apt_install; }; }; then
+        log "could not install chromium; tests/test_status_page.py will fail until /usr/bin/chromium exists"
+    fi
+fi
+
 rm -f "$venv"/.installed-*
 touch "$stamp"
 log "done: $venv is ready"

@@ -34,6 +34,7 @@ from local_llm.server.routers import (
     ollama,
     rerank,
     responses,
+    status_page,
 )
 from local_llm.server.serving.anthropic import AnthropicService
 from local_llm.server.serving.base import Admission
@@ -142,6 +143,8 @@ def create_app(
     app.include_router(admin.router, dependencies=authenticated)
     app.include_router(health.router)
     app.include_router(metrics.router)  # its own auth rule: see the router
+    # The page holds no data (it reads the routes above with the key), so it is open, as /health is.
+    app.include_router(status_page.router)
     return app
 
 

@@ -85,6 +85,18 @@ READY_RESPONSES: Responses = {
         "description": "Starting, a model stalled, or shutting down (why in `reason`).",
     }
 }
+#: ``GET /``: the status page for a browser (``Accept: text/html``), else Ollama's greeting.
+STATUS_PAGE_RESPONSES: Responses = {
+    200: {
+        "description": "With `Accept: text/html`, the status page (it reads /v1/models, /admin/memory "
+        "and /admin/events with the API key); otherwise `Ollama is running`, as Ollama answers its "
+        "clients' probe.",
+        "content": {
+            "text/html": {"schema": {"type": "string"}},
+            "text/plain": {"schema": {"type": "string"}},
+        },
+    }
+}
 #: A streamed chat or completion answer: server-sent events, ended by ``data: [DONE]``.
 STREAM_RESPONSE: Responses = {
     200: {
