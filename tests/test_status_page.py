@@ -214,6 +214,26 @@ def test_the_page_shows_the_models_and_its_buttons_load_and_unload(
 
 
 @pytest.mark.server
+def test_a_chat_models_load_shows_its_stage_and_time_until_it_is_up(
+    page: Any, bundled_server: RunningServer, tmp_path: Path
+) -> None:
+    """A first chat load takes 15 s or more here (vLLM's engine process starts): the row shows where
+    it is (the card's ``loading``: a stage and the seconds so far) while it lasts, then ``loaded``."""
+    from playwright.sync_api import expect
+
+    page.goto(bundled_server.base_url + "/")
+    expect(state_of(page, SMOLLM)).to_have_attribute("data-state", "available")
+    button(page, SMOLLM, "load").click()
+    progress = page.locator(f'#models tr[data-model="{SMOLLM}"] .progress .small')
+    expect(progress).to_have_text(re.compile(r"^\S.* · \d+(\.\d+)? s"), timeout=30_000)
+    expect(state_of(page, SMOLLM)).to_have_attribute("data-state", "loading")
+    page.screenshot(path=str(tmp_path / "status-page-loading.png"), full_page=True)
+    expect(state_of(page, SMOLLM)).to_have_attribute("data-state", "loaded", timeout=LOAD_TIMEOUT_MS)
+    expect(progress).to_have_count(0)
+    assert api_state(bundled_server, SMOLLM) == "loaded"
+
+
+@pytest.mark.server
 def test_with_api_keys_the_page_asks_for_one_and_keeps_it(page: Any, keyed_server: RunningServer) -> None:
     from playwright.sync_api import expect
 
