@@ -164,11 +164,13 @@ class EngineSettings:
 
 
 def vllm_argv(folder: Path, port: int, engine: EngineSettings) -> list[str]:
+    """Bare `vllm serve` as its users run it: with its per-step statistics on (its default), as our
+    server runs its engines (they feed both servers' /metrics)."""
     argv = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(folder), "--served-model-name", MODEL_NAME, "--host", "127.0.0.1", "--port", str(port),
         "--dtype", engine.dtype, "--max-model-len", str(engine.max_model_len),
-        "--structured-outputs-config", json.dumps(STRUCTURED_OUTPUTS_CONFIG), "--disable-log-stats",
+        "--structured-outputs-config", json.dumps(STRUCTURED_OUTPUTS_CONFIG),
     ]  # fmt: skip
     if engine.eager:
         argv.append("--enforce-eager")
