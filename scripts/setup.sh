@@ -15,11 +15,23 @@ venv=.venv
 key=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 stamp="$venv/.installed-$extras-$key"
 
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+# tests/test_docker.py validates docker-compose.yml with a real Compose implementation: Debian's
+# docker-compose, installed here (as root, where apt-get exists) when no Compose is on the machine. Checked
+# before the stamp, since it lives outside .venv.
+if ! command -v docker-compose >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing docker-compose (apt-get)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq --no-install-recommends docker-compose >/dev/null 2>&1 \
+        || { apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; } \
+        || log "could not install docker-compose: tests/test_docker.py will fail"
+fi
+
 if [ -f "$stamp" ]; then
     exit 0
 fi
 
-log() { printf '[setup] %s\n' "$*" >&2; }
 pip_quiet() {
     # pip's "Location ... is ignored" notes for local mirrors are noise; errors still show.
     "$venv/bin/python" -m pip install --disable-pip-version-check -q "$@" 2>&1 \
