@@ -37,7 +37,6 @@ FROM python
 RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/llm llm \
     && mkdir -p /models /data \
     && chown llm:llm /data
-COPY --from=build /opt/venv /opt/venv
 # Inside a container the server listens on every interface (publish the port on the host's loopback, or set
 # LLM_API_KEYS).
 ENV PATH=/opt/venv/bin:$PATH \
@@ -55,3 +54,5 @@ EXPOSE 15530
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10m --retries=3 \
     CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health/ready' % os.environ.get('LLM_PORT', '15530'), timeout=4)"]
 ENTRYPOINT ["local-llm", "serve"]
+# The large copy comes last: with the vfs storage driver each later step would copy all of it again.
+COPY --from=build /opt/venv /opt/venv

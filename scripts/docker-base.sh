@@ -33,6 +33,8 @@ deb ${mirror%/debian}/debian-security bookworm-security main
 SOURCES
 rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
 
+# mktemp made the folder 0700, and the tar's "." becomes the image's /: a non-root user could not reach anything.
+chmod 755 "$rootfs"
 log "importing as $image"
 tar -C "$rootfs" --numeric-owner -c . \
     | docker import --change 'CMD ["/bin/bash"]' --message "debootstrap --variant=minbase bookworm" - "$image"

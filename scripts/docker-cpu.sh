@@ -16,9 +16,9 @@ bash scripts/docker-base.sh
 
 # torch 2.13.0+cpu is not on PyPI: pip on this host finds it through its own configuration (a local wheel,
 # or PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu as the README says). The image also gets the
-# versions .venv has, the ones the tests ran with, as constraints.
+# versions $venv has, the ones the tests ran with, as constraints.
 rm -rf "$pipdir" && mkdir -p "$pipdir"
-log "gathering torch 2.13.0's CPU wheel and .venv's versions into $pipdir"
+log "gathering torch 2.13.0's CPU wheel, $venv's versions and pip's CA bundle into $pipdir"
 "$venv/bin/python" -m pip download --disable-pip-version-check -q --no-deps -d "$pipdir" "torch==2.13.0" 2>&1 \
     | grep -v "^WARNING: Location '.*' is ignored" || true
 ls "$pipdir"/torch-2.13.0+cpu-*.whl >/dev/null

@@ -77,6 +77,8 @@ def test_compose_file_is_valid_and_wires_the_server() -> None:
         healthcheck = " ".join(service["healthcheck"]["test"])
         assert "/health/ready" in healthcheck, f"{name}: the healthcheck must ask for readiness"
         assert service["restart"] == "unless-stopped", name
+        # vLLM's engine process failed to start in Docker's default 64 MB /dev/shm.
+        assert service["shm_size"] == "8gb", name
     gpu = services["local-llm"]
     (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia"
