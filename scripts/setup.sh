@@ -15,11 +15,32 @@ venv=.venv
 key=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 stamp="$venv/.installed-$extras-$key"
 
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+# System packages the tests drive, from Debian (they live outside .venv, so they are checked before the
+# stamp): docker-compose, a real Compose implementation that validates docker-compose.yml
+# (tests/test_docker.py); chromium, with a CJK font for the Chinese labels, for the status page's browser
+# test (Playwright's own browser download needs the internet). Installed where we may (root, apt-get);
+# elsewhere those tests say what is missing.
+system_packages=()
+command -v docker-compose >/dev/null || system_packages+=(docker-compose)
+[ -x /usr/bin/chromium ] || system_packages+=(chromium fonts-wqy-microhei)
+if [ ${#system_packages[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing ${system_packages[*]} (apt-get; for the tests)"
+    apt_install() {
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${system_packages[@]}" \
+            >/dev/null 2>&1
+    }
+    # From the package lists there are; a fresh machine has none yet, so update once if that fails.
+    if ! { apt_install || { apt-get update -qq >/dev/null 2>&1 && apt_install; }; }; then
+        log "could not install ${system_packages[*]}: tests/test_docker.py and tests/test_status_page.py will fail"
+    fi
+fi
+
 if [ -f "$stamp" ]; then
     exit 0
 fi
 
-log() { printf '[setup] %s\n' "$*" >&2; }
 pip_quiet() {
     # pip's "Location ... is ignored" notes for local mirrors are noise; errors still show.
     "$venv/bin/python" -m pip install --disable-pip-version-check -q "$@" 2>&1 \
@@ -55,19 +76,6 @@ case ",$extras," in
         "$venv/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
         ;;
 esac
-
-# tests/test_status_page.py drives a headless browser: Debian's chromium (Playwright's own browser
-# download needs the internet, and its builds do not run on every distribution), with a CJK font so the
-# page's Chinese labels show in its screenshot. Installed where we may; elsewhere the test says what is
-# missing.
-if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-    log "installing Debian's chromium (for the status page's browser test)"
-    apt_install() { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-microhei >/dev/null 2>&1; }
-    # From the package lists there are; a fresh machine has none yet, so update once if that fails.
-    if ! { apt_install || { apt-get update -qq >/dev/null 2>&1 && apt_install; }; }; then
-        log "could not install chromium; tests/test_status_page.py will fail until /usr/bin/chromium exists"
-    fi
-fi
 
 rm -f "$venv"/.installed-*
 touch "$stamp"
