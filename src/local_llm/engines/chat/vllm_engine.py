@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import signal
@@ -439,6 +440,10 @@ class VllmChatEngine(ChatEngine):
                 from vllm.v1.metrics.prometheus import unregister_vllm_metrics
             unregister_vllm_metrics()
             _METRICS_OWNER.clear()
+        # The engine's front end (its output processor, stat loggers, tokenizer) is held in reference
+        # cycles: freed now, not whenever the collector next runs, so the server's RSS comes down with
+        # the model (the tests see 60 MiB a swap linger otherwise).
+        await asyncio.to_thread(gc.collect)
 
     # --- properties ----------------------------------------------------------------------------
     @property
