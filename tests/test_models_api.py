@@ -153,6 +153,7 @@ def local_llm(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_operators_load_pin_and_unload_over_http_and_the_cli(server, http: httpx.Client) -> None:  # type: ignore[no-untyped-def]
     name = "Qwen3-Embedding-tiny"
+    http.post(f"/admin/models/{name}/unload")  # an earlier test on this server may have loaded it
     before = http.get("/admin/events").json()["last_seq"]
     loaded = http.post(f"/admin/models/{name}/load").json()
     assert loaded["state"] == "loaded"

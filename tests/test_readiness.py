@@ -85,8 +85,11 @@ def test_not_ready_until_a_pinned_model_has_loaded(tmp_path: Path) -> None:
     async def scenario() -> None:
         engines = FakeEngines()
         engines.loads.close()
-        async with serving(tmp_path, engines, pinned_models=["tiny-chat"]) as (client, _):
+        async with serving(tmp_path, engines, pinned_models=["tiny-chat"]) as (client, app):
             await until(lambda: engines.loads.waiting == 1)
+            # The engine tells its stage through the event loop (it may be on another thread): the
+            # next turn of the loop has it.
+            await until(lambda: "passing the loads gate" in (app.state.manager.readiness().reason or ""))
             response = await client.get("/health/ready")
             assert response.status_code == 503
             body = response.json()

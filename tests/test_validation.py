@@ -552,7 +552,12 @@ def test_the_document_lists_the_statuses_each_route_answers() -> None:
         ("POST", "/admin/models/{model_id}/pin"): {"200", "401", "404", "413", "431"},
         ("POST", "/admin/models/{model_id}/unpin"): {"200", "401", "404", "413", "431"},
         ("GET", "/admin/memory"): {"200", "401", "431"},
+        ("GET", "/admin/events"): {"200", "400", "401", "431"},
         ("GET", "/health"): {"200", "431", "503"},
+        ("GET", "/health/ready"): {"200", "431", "503"},
+        ("GET", "/metrics"): {"200", "401", "431"},
+        ("GET", "/"): {"200", "431"},
+        ("HEAD", "/"): {"200", "431"},
         ("POST", "/v1/responses"): serving,
         ("GET", "/v1/responses/{response_id}"): {"200", "401", "404", "431"},
         ("DELETE", "/v1/responses/{response_id}"): {"200", "401", "404", "413", "431"},
@@ -593,9 +598,10 @@ def test_the_document_gives_each_answer_its_shape() -> None:
     paths = document["paths"]
     chat = paths["/v1/chat/completions"]["post"]["responses"]
     assert set(chat["200"]["content"]) == {"application/json", "text/event-stream"}
-    health = paths["/health"]["get"]["responses"]
-    for status in ("200", "503"):
-        assert health[status]["content"]["application/json"]["schema"]["$ref"].endswith("/HealthReport")
+    for path, report in (("/health", "/HealthReport"), ("/health/ready", "/ReadinessReport")):
+        health = paths[path]["get"]["responses"]
+        for status in ("200", "503"):
+            assert health[status]["content"]["application/json"]["schema"]["$ref"].endswith(report)
     # Each API family's errors in its own shape (server/errors.py's shape_for).
     shapes = {
         OPENAI_SHAPE: "/ErrorResponse",
@@ -607,7 +613,8 @@ def test_the_document_gives_each_answer_its_shape() -> None:
         for path, operations in paths.items()
         for operation in operations.values()
         for status, answer in operation["responses"].items()
-        if status >= "400" and path != "/health"
+        # The health routes answer 503 with their own report, not an error.
+        if status >= "400" and not (path.startswith("/health") and status == "503")
     ]
     assert errors
     wrong = [(path, ref) for path, ref in errors if not ref.endswith(shapes[shape_for(path)])]
