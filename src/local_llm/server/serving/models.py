@@ -82,17 +82,10 @@ class ModelsService:
         journal = self._manager.journal
         return EventList(
             events=[
-                LifecycleEntry(
-                    seq=e.seq,
-                    time=round(e.time, 3),
-                    model=e.model,
-                    event=e.event,
-                    reason=e.reason,
-                    seconds=_rounded(e.seconds),
-                    cause=e.cause,
-                    placement=e.placement,
+                LifecycleEntry.model_validate(entry, from_attributes=True).model_copy(
+                    update={"time": round(entry.time, 3), "seconds": _rounded(entry.seconds)}
                 )
-                for e in journal.since(after, limit)
+                for entry in journal.since(after, limit)
             ],
             last_seq=journal.last_seq,
         )
