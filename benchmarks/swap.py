@@ -44,6 +44,7 @@ from local_llm.placement.probe import process_tree_rss
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (
     MIB,
+    PROMPT,
     calibrate,
     cards,
     child_env,
@@ -93,6 +94,8 @@ class Visits:
     cold: dict[str, float] = field(default_factory=dict)
     park: dict[str, list[float]] = field(default_factory=dict)
     wake: dict[str, list[float]] = field(default_factory=dict)
+    # Seconds from sending a request to a parked model to its answer (8 tokens), as the client sees it.
+    wake_request: dict[str, list[float]] = field(default_factory=dict)
     reload: dict[str, list[float]] = field(default_factory=dict)
     speed: dict[str, float] = field(default_factory=dict)
 
@@ -116,6 +119,7 @@ def visit_in_turn(client: httpx.Client, names: list[str], rounds: int, speed_tok
                 visits.cold[name] = card["load_seconds"]
             elif state == "parked":
                 visits.wake.setdefault(name, []).append(card["wake_seconds"])
+                visits.wake_request.setdefault(name, []).append(response.elapsed.total_seconds())
             elif state != "loaded":
                 visits.reload.setdefault(name, []).append(card["load_seconds"])
             for other, other_card in after.items():
@@ -208,9 +212,19 @@ def main() -> None:
         "--mixed-models", help="Comma-separated models of the mixed load (default: --order's)"
     )
     parser.add_argument("--server-arg", action="append", default=[], help="Extra flag for local-llm serve")
+    parser.add_argument(
+        "--bare-wake",
+        type=Path,
+        help="A chat model folder: bare vLLM's sleep / wake + first request on it, the anchor of our wakes",
+    )
+    parser.add_argument("--bare-wake-run", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--docs-key", choices=["cpu", "gpu"])
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
+    if args.bare_wake_run:
+        bare_wake_run(args.bare_wake_run)
+        return
+    bare = bare_wake(args.bare_wake) if args.bare_wake else None
 
     gpu = args.gpu_budget_gb is not None
     env = child_env()
@@ -296,6 +310,20 @@ def main() -> None:
         f"- Mixed load on {', '.join(mixed)}: {args.workers} clients, {args.mixed_s:.0f} s, "
         f"a random model per request: {ok} answered, {failed} failed.",
     ]
+    for name, requests in visits.wake_request.items():
+        line = (
+            f"- {name}: a request to it parked was answered (8 tokens) in {fmt(median(requests))} s, "
+            f"its wake {fmt(median(visits.wake.get(name)))} s of that"
+        )
+        answered = median(requests)
+        if bare and answered and final[name]["type"] == "chat":
+            anchor = bare["wake_and_first_request_s"]
+            line += (
+                f"; bare vLLM on {args.bare_wake.name}: sleep {bare['sleep_s']:.2f} s, wake "
+                f"{bare['wake_s']:.2f} s, wake + the same request {anchor:.2f} s "
+                f"(ours / bare = {answered / anchor:.2f}x)"
+            )
+        summary.append(line + ".")
     for name, speed in speeds.items():
         summary.append(
             f"- {name} (gpu+offload): {speed:.1f} tokens/s, one stream, {args.offload_tokens} tokens."
@@ -313,6 +341,48 @@ def main() -> None:
             + " ".join(a for a in sys.argv[1:] if a != "--write-docs")
         )
         write_docs(f"{start}\n`{command}`\n\n{table}\n{end}", start, end)
+
+
+def bare_wake(model: Path) -> dict[str, float]:
+    """Bare vLLM's figures on ``model``, in a process of its own (its GPU memory goes with it)."""
+    import json
+    import subprocess
+
+    command = [sys.executable, __file__, "--bare-wake-run", str(model)]
+    print(f"bare vLLM sleep / wake on {model.name}", flush=True)
+    finished = subprocess.run(command, capture_output=True, text=True, check=False, env=child_env())
+    if finished.returncode != 0:
+        raise RuntimeError(f"the bare vLLM anchor failed:\n{finished.stderr[-4000:]}")
+    (line,) = [line for line in finished.stdout.splitlines() if line.startswith("bare-wake: ")]
+    figures: dict[str, float] = json.loads(line.removeprefix("bare-wake: "))
+    print(f"  bare vLLM: {figures}", flush=True)
+    return figures
+
+
+def bare_wake_run(model: Path) -> None:
+    """Offline vLLM, compiled, with sleep mode: sleep (level 1), wake, and answer what our visits ask
+    (8 tokens of the same prompt), three times; medians."""
+    import json
+
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=str(model), enable_sleep_mode=True, gpu_memory_utilization=0.3, max_model_len=4096)
+    params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    messages = [{"role": "user", "content": PROMPT}]
+    llm.chat(messages, params, use_tqdm=False)
+    sleeps, wakes, firsts = [], [], []
+    for _ in range(3):
+        started = time.perf_counter()
+        llm.sleep(level=1)
+        slept = time.perf_counter()
+        llm.wake_up()
+        woken = time.perf_counter()
+        llm.chat(messages, params, use_tqdm=False)
+        sleeps.append(slept - started)
+        wakes.append(woken - slept)
+        firsts.append(time.perf_counter() - slept)
+    figures = {"sleep_s": median(sleeps), "wake_s": median(wakes), "wake_and_first_request_s": median(firsts)}
+    print("bare-wake: " + json.dumps(figures), flush=True)
 
 
 def ram_budget(value: str) -> float | str:

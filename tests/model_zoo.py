@@ -247,9 +247,12 @@ _TOKENIZER_TEXT = (
 )
 
 
-def qwen3_style_tokenizer():  # type: ignore[no-untyped-def]
-    """A byte-level BPE trained here on a few lines, with Qwen3's chat tokens as special tokens and
-    "yes" / "no" as single tokens; like Qwen3's it adds no special tokens of its own."""
+def qwen3_style_tokenizer(  # type: ignore[no-untyped-def]
+    texts: list[str] | None = None, vocab_size: int = 600
+):
+    """A byte-level BPE trained here on a few lines (or on ``texts``: a benchmark's corpus, for
+    realistic token counts), with Qwen3's chat tokens as special tokens and "yes" / "no" as single
+    tokens; like Qwen3's it adds no special tokens of its own."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -257,11 +260,12 @@ def qwen3_style_tokenizer():  # type: ignore[no-untyped-def]
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=600,
+        vocab_size=vocab_size,
         special_tokens=list(QWEN3_SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tokenizer.train_from_iterator([_TOKENIZER_TEXT] * 20 + ["yes\nno\n"] * 50, trainer=trainer)
+    lines = [_TOKENIZER_TEXT] * 20 + (texts or []) + ["yes\nno\n"] * 50
+    tokenizer.train_from_iterator(lines, trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>", model_max_length=512
     )
@@ -318,4 +322,47 @@ def build_st_cross_encoder(dest: Path) -> Path:
     torch.manual_seed(4)
     CrossEncoder(str(raw), device="cpu", activation_fn=torch.nn.Identity()).save(str(dest))
     shutil.rmtree(raw)
+    return dest
+
+
+def build_qwen3_embedder(dest: Path, tokenizer=None, **shape: int) -> Path:  # type: ignore[no-untyped-def]
+    """A random-weight Qwen3 body laid out as Qwen3-Embedding ships: ``Qwen3ForCausalLM`` in config.json,
+    sentence-transformers modules Transformer, last-token Pooling and Normalize, its query prompt, left
+    padding, and a tokenizer that ends every text with ``<|endoftext|>`` (the token that is pooled)."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from tokenizers.processors import TemplateProcessing
+    from transformers import Qwen3Config, Qwen3Model
+
+    fast = tokenizer if tokenizer is not None else qwen3_style_tokenizer()
+    end = "<|endoftext|>"
+    fast.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"$A {end}", special_tokens=[(end, fast.convert_tokens_to_ids(end))]
+    )
+    fast.padding_side = "left"
+    torch.manual_seed(5)
+    tiny = {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 32,
+        "max_position_embeddings": 512,
+    }
+    config = Qwen3Config(vocab_size=len(fast), pad_token_id=fast.pad_token_id, **(tiny | shape))
+    raw = dest.with_name(dest.name + "-raw")
+    Qwen3Model(config).save_pretrained(raw)
+    fast.save_pretrained(raw)
+    transformer = models.Transformer(str(raw), max_seq_length=config.max_position_embeddings)
+    pooling = models.Pooling(config.hidden_size, pooling_mode="lasttoken")
+    prompts = {"query": QWEN3_EMBEDDING_QUERY_PROMPT, "document": ""}
+    model = SentenceTransformer(
+        modules=[transformer, pooling, models.Normalize()], device="cpu", prompts=prompts
+    )
+    model.save(str(dest))
+    shutil.rmtree(raw)
+    hf_config = json.loads((dest / "config.json").read_text())
+    hf_config["architectures"] = ["Qwen3ForCausalLM"]
+    (dest / "config.json").write_text(json.dumps(hf_config))
     return dest

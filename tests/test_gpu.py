@@ -73,3 +73,60 @@ def test_a_model_that_gives_way_on_the_gpu_is_parked_and_woken_not_reloaded(
         assert memory["gpu"]["used_by_server_bytes"] <= memory["gpu"]["budget_bytes"] * 1.15
     finally:
         stop_server(running)
+
+
+def test_llm_embedders_and_rerankers_run_on_vllms_pooling_runner_and_match_the_reference(
+    tmp_path: Path,
+) -> None:
+    """On a GPU placement a Qwen3-Embedding-like embedder and a Qwen3-Reranker-like reranker go to
+    vLLM's pooling runner by default (bf16), and answer as the fp32 reference computation does, within
+    bf16's tolerance; the in-process engines (``engine: transformers``) serve the same models alike."""
+    import shutil
+
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from model_zoo import build_qwen3_embedder, build_qwen3_reranker
+    from test_pooling_vllm import DOCUMENTS, QUERY, TEXTS, reference_scores
+
+    models = tmp_path / "models"
+    build_qwen3_embedder(models / "qwen3-embed")
+    shutil.copytree(models / "qwen3-embed", models / "qwen3-embed-st")
+    build_qwen3_reranker(models / "Qwen3-Reranker-tiny", head_dim=32)
+    shutil.copytree(models / "Qwen3-Reranker-tiny", models / "Qwen3-Reranker-tiny-hf")
+    in_process = ("qwen3-embed-st", "Qwen3-Reranker-tiny-hf")
+    (models / "models.yaml").write_text(
+        "models:\n" + "".join(f"  {name}:\n    engine: transformers\n" for name in in_process)
+    )
+    running = start_server(models, tmp_path / "server.log", "--no-bundled-models")
+    try:
+        base = running.base_url
+
+        def embed(model: str) -> np.ndarray:
+            answer = httpx.post(base + "/v1/embeddings", json={"model": model, "input": TEXTS}, timeout=300)
+            assert answer.status_code == 200, answer.text
+            return np.array([row["embedding"] for row in answer.json()["data"]], dtype=np.float32)
+
+        def rerank(model: str) -> np.ndarray:
+            body = {"model": model, "query": QUERY, "documents": DOCUMENTS}
+            answer = httpx.post(base + "/v1/rerank", json=body, timeout=300)
+            assert answer.status_code == 200, answer.text
+            results = sorted(answer.json()["results"], key=lambda r: r["index"])
+            return np.array([r["relevance_score"] for r in results])
+
+        def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+        reference = SentenceTransformer(str(models / "qwen3-embed"), device="cpu").encode(TEXTS)
+        for model in ("qwen3-embed", "qwen3-embed-st"):
+            assert cosines(embed(model), reference).min() > 0.999, model
+        expected = reference_scores(models / "Qwen3-Reranker-tiny")
+        for model in ("Qwen3-Reranker-tiny", "Qwen3-Reranker-tiny-hf"):
+            assert np.abs(rerank(model) - expected).max() < 0.01, model
+        cards = {c["id"]: c for c in httpx.get(base + "/v1/models", timeout=30).json()["data"]}
+        assert cards["qwen3-embed"]["backend"] == "vllm-pooling"
+        assert cards["Qwen3-Reranker-tiny"]["backend"] == "vllm-pooling-yes-no"
+        assert cards["qwen3-embed-st"]["backend"] == "sentence-transformers"
+        assert {cards[m]["placement"] for m in cards} == {"gpu"}
+    finally:
+        stop_server(running)

@@ -178,7 +178,7 @@ VLLM_START = [  # vLLM 0.32 on a 2-core CPU, LLM_LOG_LEVEL=debug (the progress b
 
 
 def test_a_vllm_start_moves_through_its_stages_by_its_lines_and_never_back() -> None:
-    from local_llm.engines.chat.vllm_engine import _START_STAGES, start_stage
+    from local_llm.engines.vllm_base import _START_STAGES, start_stage
 
     reached, seen = -1, []
     for line in ["Triton not installed", *VLLM_START]:

@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from local_llm.backends import import_backend
-from local_llm.engines.base import Engine, Progress, TorchModuleParking, fatal_cause
+from local_llm.engines.base import Engine, EngineObserver, Progress, TorchModuleParking, fatal_cause
 from local_llm.engines.batching import BatchQueue, plan_forward_passes
 from local_llm.errors import EngineFailedError
 from local_llm.placement import PlacementPlan
@@ -35,6 +35,24 @@ T = TypeVar("T")
 # the better inputs of similar length share a pass (less padding). Each pass answers its requests as
 # soon as it is done, so a wide window costs little latency; a newcomer waits at most one window.
 PASSES_PER_GATHER = 8
+
+
+class TokenizerThread:
+    """The one thread a model's tokenizer runs on: never the event loop, and beside the model's work
+    (a fast tokenizer is not safe to share between threads, so each engine keeps one of its own)."""
+
+    def __init__(self, model_name: str) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tokenize-{model_name}")
+
+    async def run(self, work: Callable[[], T], observer: EngineObserver) -> T:
+        """``work()`` on the thread; its seconds are the request's ``tokenize`` stage."""
+        started = time.perf_counter()
+        result = await asyncio.get_running_loop().run_in_executor(self._executor, work)
+        observer.stage("tokenize", time.perf_counter() - started)
+        return result
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
 
 
 class BatchedEngine(TorchModuleParking, Engine, Generic[P, R]):
@@ -56,7 +74,7 @@ class BatchedEngine(TorchModuleParking, Engine, Generic[P, R]):
         self._batch_size = batch_size
         self._batch_tokens = batch_tokens
         self._queue: BatchQueue[P, R] | None = None
-        self._tokenizing_thread: ThreadPoolExecutor | None = None
+        self._tokenizing_thread: TokenizerThread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- what a backend provides ---------------------------------------------------------------
@@ -86,9 +104,7 @@ class BatchedEngine(TorchModuleParking, Engine, Generic[P, R]):
         self._loop = asyncio.get_running_loop()
         self.stage(f"reading the weights onto {self.plan.device}")
         await asyncio.to_thread(self._load)
-        self._tokenizing_thread = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"tokenize-{self.spec.name}"
-        )
+        self._tokenizing_thread = TokenizerThread(self.spec.name)
         self._queue = BatchQueue(
             self.spec.name,
             self._run_batch,
@@ -112,9 +128,10 @@ class BatchedEngine(TorchModuleParking, Engine, Generic[P, R]):
             await self._queue.stop()
             self._queue = None
         if self._tokenizing_thread is not None:
-            self._tokenizing_thread.shutdown(wait=True)
+            self._tokenizing_thread.close()
             self._tokenizing_thread = None
         self._release()
+        self.release_host_copy()
         gc.collect()
         if self.plan.device.startswith("cuda"):
             import_backend("torch").cuda.empty_cache()
@@ -134,10 +151,9 @@ class BatchedEngine(TorchModuleParking, Engine, Generic[P, R]):
 
     async def _on_tokenizing_thread(self, work: Callable[[], T]) -> T:
         """Run tokenizer work beside the model's thread, never on the event loop."""
-        started = time.perf_counter()
-        result = await asyncio.get_running_loop().run_in_executor(self._tokenizing_thread, work)
-        self.observer.stage("tokenize", time.perf_counter() - started)
-        return result
+        if self._tokenizing_thread is None:
+            raise RuntimeError(f"engine for {self.spec.name} is not started")
+        return await self._tokenizing_thread.run(work, self.observer)
 
     async def _submit(self, payloads: Sequence[P]) -> list[R]:
         """Queue ``payloads`` with concurrent requests' and wait for their results, in order."""

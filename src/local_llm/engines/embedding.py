@@ -58,7 +58,41 @@ class EmbeddingEngine(Engine):
         """Vectors (float32, one row per input), normalised as the model's own pipeline says."""
 
 
+class PromptedEmbedding(EmbeddingEngine):
+    """An embedder that tokenizes as sentence-transformers does: the prompt before the text, the
+    model's special tokens, cut at :attr:`max_input_tokens` when asked; on a thread of its own."""
+
+    # The tokenizing thread's tokenizer, and the default prompt's text.
+    _tokenizer: Any
+    _prompt: str
+
+    @property
+    @abstractmethod
+    def prompts(self) -> dict[str, str]:
+        """The model's named prompts (sentence-transformers' ``prompts``: ``query``, ``document``)."""
+
+    @abstractmethod
+    async def _on_tokenizing_thread(self, work: Callable[[], T]) -> T:
+        """Run tokenizer work off the event loop."""
+
+    async def tokenize(
+        self, texts: Sequence[str], truncate: bool, prompt: str | None = None
+    ) -> list[TokenIds]:
+        """As :meth:`EmbeddingEngine.tokenize`; ``prompt`` replaces the model's default prompt."""
+        prompt = self._prompt if prompt is None else prompt
+        return await self._on_tokenizing_thread(lambda: self._tokenize(list(texts), truncate, prompt))
+
+    def _tokenize(self, texts: list[str], truncate: bool, prompt: str) -> list[TokenIds]:
+        prompted = [prompt + text for text in texts] if prompt else texts
+        limit = (
+            {"truncation": True, "max_length": self.max_input_tokens} if truncate else {"truncation": False}
+        )
+        encoded = self._tokenizer(prompted, add_special_tokens=True, verbose=False, **limit)
+        return list(encoded["input_ids"])
+
+
 M = TypeVar("M")
+T = TypeVar("T")
 
 
 def load_sentence_transformers(model_class: Callable[..., M], spec: ModelSpec, plan: PlacementPlan) -> M:
@@ -76,7 +110,7 @@ def load_sentence_transformers(model_class: Callable[..., M], spec: ModelSpec, p
     return model
 
 
-class SentenceTransformersEmbeddingEngine(BatchedEngine[TokenIds, np.ndarray], EmbeddingEngine):
+class SentenceTransformersEmbeddingEngine(BatchedEngine[TokenIds, np.ndarray], PromptedEmbedding):
     """Runs the model's sentence-transformers modules (Transformer, Pooling, Dense, Normalize).
 
     Text is tokenized once, on a thread of its own with a tokenizer of its own, the way
@@ -155,22 +189,11 @@ class SentenceTransformersEmbeddingEngine(BatchedEngine[TokenIds, np.ndarray], E
     def max_model_len(self) -> int:
         return self.max_input_tokens
 
+    @property
+    def prompts(self) -> dict[str, str]:
+        return {name: text or "" for name, text in self.model.prompts.items()}
+
     # --- work ----------------------------------------------------------------------------------
-    async def tokenize(
-        self, texts: Sequence[str], truncate: bool, prompt: str | None = None
-    ) -> list[TokenIds]:
-        """As :meth:`EmbeddingEngine.tokenize`; ``prompt`` replaces the model's default prompt."""
-        prompt = self._prompt if prompt is None else prompt
-        return await self._on_tokenizing_thread(lambda: self._tokenize(list(texts), truncate, prompt))
-
-    def _tokenize(self, texts: list[str], truncate: bool, prompt: str) -> list[TokenIds]:
-        prompted = [prompt + text for text in texts] if prompt else texts
-        limit = (
-            {"truncation": True, "max_length": self.max_input_tokens} if truncate else {"truncation": False}
-        )
-        encoded = self._tokenizer(prompted, add_special_tokens=True, verbose=False, **limit)
-        return list(encoded["input_ids"])
-
     async def embed(self, inputs: Sequence[TokenIds]) -> np.ndarray:
         for index, ids in enumerate(inputs):
             if not ids:

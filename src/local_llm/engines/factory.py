@@ -7,7 +7,7 @@ import importlib.util
 import logging
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 from local_llm.backends import import_backend
 from local_llm.config import Settings
@@ -15,15 +15,22 @@ from local_llm.engines.base import Capability, Engine
 from local_llm.engines.batched import BatchedEngine
 from local_llm.engines.chat.transformers_engine import TransformersChatEngine
 from local_llm.engines.chat.vllm_engine import VllmChatEngine
+from local_llm.engines.pooling_vllm import VllmEmbeddingEngine, VllmPoolingEngine, VllmYesNoRerankEngine
 from local_llm.engines.rerank import BiEncoderRerankEngine, CrossEncoderRerankEngine, LLMYesNoRerankEngine
+from local_llm.engines.vllm_base import VllmEngine
 from local_llm.errors import EngineUnavailableError
 from local_llm.placement import ModelNeed, Placement, PlacementPlan, estimate_need
+from local_llm.registry.pooling import PoolingRunner, vllm_pooling
 from local_llm.registry.spec import ModelKind, ModelSpec, RerankScorer
+
+# Where a pooling model (embedder, reranker) runs.
+PoolingEngineName = Literal["vllm", "in-process"]
 
 logger = logging.getLogger(__name__)
 
 # The libraries each kind's engine imports when it loads: seconds of work a first request need not wait for.
 _BACKEND_MODULES = {
+    # Embedders and rerankers on a GPU may run on vLLM's pooling runner: its engine loads vLLM when it starts.
     ModelKind.EMBEDDING: ("torch", "sentence_transformers"),
     ModelKind.CHAT: ("torch", "vllm.v1.engine.async_llm", "vllm.entrypoints.openai.chat_completion.serving"),
     ModelKind.RERANKER: ("torch", "sentence_transformers", "transformers"),
@@ -67,13 +74,32 @@ def pass_tokens(scorer: RerankScorer, plan: PlacementPlan, settings: Settings) -
     return settings.embedding_batch_tokens
 
 
-def engine_class(spec: ModelSpec, settings: Settings) -> type[Engine]:
-    """The engine class that serves ``spec``: decided here alone, before anything is loaded."""
+def engine_class(spec: ModelSpec, settings: Settings, plan: PlacementPlan | None = None) -> type[Engine]:
+    """The engine class that serves ``spec`` (placed by ``plan``): decided here alone, before anything
+    is loaded. Without a plan, the in-process class of a pooling model (its capabilities are the same
+    on vLLM)."""
     if spec.kind is ModelKind.CHAT:
         return TransformersChatEngine if chat_engine_for(spec, settings) == "transformers" else VllmChatEngine
     # The registry gives every embedding and reranker model a scorer (embedders: bi-encoder).
     scorer = spec.rerank.scorer if spec.rerank else RerankScorer.BI_ENCODER
+    if plan is not None and pooling_engine(spec, settings, on_gpu=plan.on_gpu) == "vllm":
+        return VllmYesNoRerankEngine if scorer is RerankScorer.LLM_YES_NO else VllmEmbeddingEngine
     return _RERANK_ENGINES[scorer]
+
+
+def pooling_engine(spec: ModelSpec, settings: Settings, *, on_gpu: bool) -> PoolingEngineName:
+    """Where an embedder or reranker runs on a device: on vLLM's pooling runner (``vllm``) or in this
+    process (``in-process``: sentence-transformers, transformers).
+
+    models.yaml's ``engine`` decides where it is set. Otherwise vLLM serves, on a GPU, what its pooling
+    runner computes as the model's own pipeline does (:func:`vllm_pooling`), where vLLM is installed;
+    on a CPU the in-process engines are as fast for models of this size and start in a second.
+    """
+    chosen = spec.options.engine
+    if chosen is not None:
+        return "vllm" if chosen == "vllm" else "in-process"
+    fits = isinstance(vllm_pooling(spec), PoolingRunner)
+    return "vllm" if on_gpu and fits and importlib.util.find_spec("vllm") is not None else "in-process"
 
 
 def capabilities_of(spec: ModelSpec, settings: Settings) -> frozenset[Capability]:
@@ -91,14 +117,23 @@ def capabilities_of(spec: ModelSpec, settings: Settings) -> frozenset[Capability
 def create_engine(spec: ModelSpec, plan: PlacementPlan, settings: Settings) -> Engine:
     """A not-yet-started engine for ``spec``; raises :class:`EngineUnavailableError` for vLLM when it
     is not installed."""
-    cls = engine_class(spec, settings)
+    cls = engine_class(spec, settings, plan)
+    if issubclass(cls, VllmEngine) and importlib.util.find_spec("vllm") is None:
+        raise EngineUnavailableError(
+            f"Model '{spec.name}' asks for the vLLM engine, which is not installed here; install vLLM "
+            "or set `engine: transformers` for it in models.yaml."
+        )
     if cls is VllmChatEngine:
-        if importlib.util.find_spec("vllm") is None:
-            raise EngineUnavailableError(
-                f"Model '{spec.name}' asks for the vLLM engine, which is not installed here; install vLLM "
-                "or set `engine: transformers` for it in models.yaml."
-            )
         return VllmChatEngine(spec, plan, settings)
+    if issubclass(cls, VllmPoolingEngine):
+        runner = vllm_pooling(spec)
+        if not isinstance(runner, PoolingRunner):
+            raise EngineUnavailableError(
+                f"Model '{spec.name}' asks for vLLM (`engine: vllm` in models.yaml), but vLLM's pooling "
+                f"runner would not compute what the model's own pipeline does: {runner}."
+            )
+        logger.info("%s runs on vLLM's pooling runner (%s task)", spec.name, runner.task)
+        return cls(spec, plan, settings, runner)
     if cls is TransformersChatEngine:
         return TransformersChatEngine(spec, plan, settings)
     scorer = spec.rerank.scorer if spec.rerank else RerankScorer.BI_ENCODER
@@ -113,7 +148,7 @@ def create_engine(spec: ModelSpec, plan: PlacementPlan, settings: Settings) -> E
 
 def stray_engine_processes() -> set[int]:
     """Engine processes of this server that no engine owns any more (one a cancelled load had begun)."""
-    return VllmChatEngine.stray_processes()
+    return VllmEngine.stray_processes()
 
 
 def chat_engine_for(spec: ModelSpec, settings: Settings) -> str:
@@ -122,9 +157,11 @@ def chat_engine_for(spec: ModelSpec, settings: Settings) -> str:
 
 
 def estimate_for(spec: ModelSpec, settings: Settings) -> ModelNeed:
-    """What ``spec`` will need, for the engine that will serve it (in-process for non-chat models)."""
-    engine = chat_engine_for(spec, settings) if spec.kind is ModelKind.CHAT else "in-process"
-    return estimate_need(spec, settings, engine)
+    """What ``spec`` will need, for the engine that will serve it on each device."""
+    if spec.kind is ModelKind.CHAT:
+        return estimate_need(spec, settings, chat_engine_for(spec, settings))
+    on_gpu, on_cpu = (pooling_engine(spec, settings, on_gpu=gpu) for gpu in (True, False))
+    return estimate_need(spec, settings, on_gpu, cpu_engine=on_cpu)
 
 
 def chat_engine_name(settings: Settings) -> str:

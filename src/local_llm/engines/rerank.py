@@ -16,9 +16,9 @@ from __future__ import annotations
 import copy
 import logging
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from local_llm.backends import IMPORT_LOCK, import_backend
 from local_llm.engines.base import Capability, Engine, offload_options
 from local_llm.engines.batched import BatchedEngine, module_bytes, pad_rows
 from local_llm.engines.embedding import (
+    PromptedEmbedding,
     SentenceTransformersEmbeddingEngine,
     TokenIds,
     load_sentence_transformers,
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from local_llm.registry.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -122,11 +124,20 @@ class PairTokens:
 ScoredPair = tuple[float, float]
 
 
-class _PairRerankEngine(BatchedEngine[PairTokens, ScoredPair], RerankEngine):
-    """A reranker that reads each query-document pair as one input: tokenize pairs, batch, score."""
+class PairReranking(RerankEngine):
+    """A reranker that reads each query-document pair as one input: tokenize the pairs (on the
+    engine's tokenizing thread), refuse or cut the over-long, score them (:meth:`_score_pairs`)."""
 
     # The tokenizing thread's tokenizer (never the one the model's thread may use).
     _tokenizer: Any
+
+    @abstractmethod
+    async def _on_tokenizing_thread(self, work: Callable[[], T]) -> T:
+        """Run tokenizer work off the event loop."""
+
+    @abstractmethod
+    async def _score_pairs(self, pairs: Sequence[PairTokens]) -> list[ScoredPair]:
+        """(raw score, score) of each pair, in order."""
 
     async def rerank(
         self,
@@ -145,7 +156,7 @@ class _PairRerankEngine(BatchedEngine[PairTokens, ScoredPair], RerankEngine):
         if not truncate:
             lengths = [len(pair.ids) for pair in pairs]
             _refuse_over_long(lengths, self.max_input_tokens, self.spec.name, "a query-document pair")
-        scored = np.asarray(await self._submit(pairs), dtype=np.float32).reshape(-1, 2)
+        scored = np.asarray(await self._score_pairs(pairs), dtype=np.float32).reshape(-1, 2)
         return RerankScores(
             scores=scored[:, 1], raw_scores=scored[:, 0], tokens=sum(len(pair.ids) for pair in pairs)
         )
@@ -155,6 +166,13 @@ class _PairRerankEngine(BatchedEngine[PairTokens, ScoredPair], RerankEngine):
         self, query: str, documents: list[str], instruction: str | None, truncate: bool
     ) -> list[PairTokens]:
         """Every pair as the model reads it; complete (not cut) unless ``truncate`` (tokenizing thread)."""
+
+
+class _PairRerankEngine(BatchedEngine[PairTokens, ScoredPair], PairReranking):
+    """A pair reranker whose pairs from concurrent requests share the batch queue's forward passes."""
+
+    async def _score_pairs(self, pairs: Sequence[PairTokens]) -> list[ScoredPair]:
+        return await self._submit(pairs)
 
     def _length(self, payload: PairTokens) -> int:
         return len(payload.ids)
@@ -290,7 +308,52 @@ def template_for(model_name: str) -> YesNoTemplate:
     return next((t for t in YES_NO_TEMPLATES if any(h in lowered for h in t.name_hints)), YES_NO_TEMPLATES[0])
 
 
-class LLMYesNoRerankEngine(_PairRerankEngine):
+class YesNoPrompting:
+    """How a yes/no LLM reranker's pairs are prompted, by whichever engine computes the logits: the
+    family's template around each pair, the body cut (never the template) when a pair is too long."""
+
+    spec: ModelSpec
+    template: YesNoTemplate
+    _tokenizer: Any
+    _prefix: TokenIds
+    _suffix: TokenIds
+    _max_length: int
+
+    def _prepare_prompting(self, tokenizer: Any, max_positions: int | None) -> tuple[int, int]:
+        """Read the template's tokens with ``tokenizer``; the ids of the "yes" and "no" answers."""
+        template = self.template
+        answers = [tokenizer.convert_tokens_to_ids(t) for t in (template.yes_token, template.no_token)]
+        if any(a is None or a == tokenizer.unk_token_id for a in answers):
+            raise ValueError(
+                f"the tokenizer has no single token for '{template.yes_token}' and "
+                f"'{template.no_token}', which the {template.name} template scores by"
+            )
+        self._prefix = tokenizer.encode(template.prefix, add_special_tokens=False)
+        self._suffix = tokenizer.encode(template.suffix, add_special_tokens=False)
+        self._max_length = min(template.max_length, int(max_positions or template.max_length))
+        self._tokenizer = tokenizer
+        return int(answers[0]), int(answers[1])
+
+    @property
+    def max_input_tokens(self) -> int:
+        return self._max_length
+
+    def _tokenize_pairs(
+        self, query: str, documents: list[str], instruction: str | None, truncate: bool
+    ) -> list[PairTokens]:
+        template = self.template
+        task = template.default_instruction if instruction is None else instruction
+        bodies = [template.body.format(instruction=task, query=query, document=doc) for doc in documents]
+        room = self._max_length - len(self._prefix) - len(self._suffix)
+        limit = {"truncation": True, "max_length": room} if truncate else {}
+        encoded = self._tokenizer(bodies, add_special_tokens=False, verbose=False, **limit)
+        return [PairTokens([*self._prefix, *ids, *self._suffix]) for ids in encoded["input_ids"]]
+
+    def _describe(self) -> str:
+        return f"LLM yes/no reranker, template {self.template.name}, {self._max_length} tokens a prompt max"
+
+
+class LLMYesNoRerankEngine(YesNoPrompting, _PairRerankEngine):
     """A causal LM scored by its "yes"/"no" logits at the last position, in the family's template.
 
     Pairs are left-padded with positions counted from each row's first real token, so a batched pair
@@ -329,46 +392,17 @@ class LLMYesNoRerankEngine(_PairRerankEngine):
         if "device_map" not in options:
             model.to(self.plan.device)
         model.eval()
-        answers = [
-            tokenizer.convert_tokens_to_ids(t) for t in (self.template.yes_token, self.template.no_token)
-        ]
-        if any(a is None or a == tokenizer.unk_token_id for a in answers):
-            raise ValueError(
-                f"the tokenizer has no single token for '{self.template.yes_token}' and "
-                f"'{self.template.no_token}', which the {self.template.name} template scores by"
-            )
-        self._yes_no = (int(answers[0]), int(answers[1]))
-        self._prefix = tokenizer.encode(self.template.prefix, add_special_tokens=False)
-        self._suffix = tokenizer.encode(self.template.suffix, add_special_tokens=False)
+        self._yes_no = self._prepare_prompting(
+            tokenizer, getattr(model.config, "max_position_embeddings", None)
+        )
         self._pad_id = int(
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
         )
-        positions = getattr(model.config, "max_position_embeddings", None) or self.template.max_length
-        self._max_length = min(self.template.max_length, int(positions))
-        self._tokenizer = tokenizer
         self.memory_bytes = module_bytes(model, self.plan.device)
         self._model = model
 
     def _release(self) -> None:
         self._model = None
-
-    def _describe(self) -> str:
-        return f"LLM yes/no reranker, template {self.template.name}, {self._max_length} tokens a prompt max"
-
-    @property
-    def max_input_tokens(self) -> int:
-        return self._max_length
-
-    def _tokenize_pairs(
-        self, query: str, documents: list[str], instruction: str | None, truncate: bool
-    ) -> list[PairTokens]:
-        template = self.template
-        task = template.default_instruction if instruction is None else instruction
-        bodies = [template.body.format(instruction=task, query=query, document=doc) for doc in documents]
-        room = self._max_length - len(self._prefix) - len(self._suffix)
-        limit = {"truncation": True, "max_length": room} if truncate else {}
-        encoded = self._tokenizer(bodies, add_special_tokens=False, verbose=False, **limit)
-        return [PairTokens([*self._prefix, *ids, *self._suffix]) for ids in encoded["input_ids"]]
 
     def _forward(self, payloads: list[PairTokens]) -> list[ScoredPair]:
         torch = import_backend("torch")
@@ -393,19 +427,19 @@ class LLMYesNoRerankEngine(_PairRerankEngine):
 INSTRUCT_QUERY_PROMPT = "Instruct: {instruction}\nQuery:"
 
 
-class BiEncoderRerankEngine(SentenceTransformersEmbeddingEngine, RerankEngine):
+class BiEncoderReranking(PromptedEmbedding, RerankEngine):
     """An embedding model that also reranks: cosine of the query's and each document's embedding.
 
     Query and documents get the prompts ``encode_query`` / ``encode_document`` give them (a model's
-    ``query`` prompt, its ``document``/``passage``/``corpus`` prompt, else the default one), and go
-    through the embedding queue together, batched with concurrent embedding requests.
+    ``query`` prompt, its ``document``/``passage``/``corpus`` prompt, else the default one), and are
+    embedded together, batched with concurrent embedding requests.
     """
 
     scorer = RerankScorer.BI_ENCODER
     capabilities = frozenset({Capability.EMBEDDINGS, Capability.RERANK})
 
     def _query_prompt(self, instruction: str | None) -> str:
-        prompts = self.model.prompts
+        prompts = self.prompts
         if instruction is None:
             return (prompts.get("query") or "") if "query" in prompts else self._prompt
         if not (prompts.get("query") or "").startswith("Instruct:"):
@@ -417,7 +451,7 @@ class BiEncoderRerankEngine(SentenceTransformersEmbeddingEngine, RerankEngine):
         return INSTRUCT_QUERY_PROMPT.format(instruction=instruction)
 
     def _document_prompt(self) -> str:
-        prompts = self.model.prompts
+        prompts = self.prompts
         name = next((n for n in ("document", "passage", "corpus") if n in prompts), None)
         return (prompts[name] or "") if name else self._prompt
 
@@ -452,6 +486,10 @@ class BiEncoderRerankEngine(SentenceTransformersEmbeddingEngine, RerankEngine):
         cosines = (unit[1:] @ unit[0]).astype(np.float32)
         tokens = len(query_ids) + sum(len(ids) for ids in document_ids)
         return RerankScores(scores=cosines, raw_scores=cosines, tokens=tokens)
+
+
+class BiEncoderRerankEngine(BiEncoderReranking, SentenceTransformersEmbeddingEngine):
+    """The sentence-transformers embedding engine, reranking as a bi-encoder too."""
 
     def _describe(self) -> str:
         return super()._describe() + "; reranks as a bi-encoder (cosine)"

@@ -188,7 +188,9 @@ class EngineEffects:
             if engine is not None:
                 engine.report_stages(None)
         progress.enter("measuring the memory it holds")
+        measuring = time.perf_counter()
         measured = await asyncio.to_thread(self._measure, engine, before)
+        logger.debug("measured %s in %.3fs: %s", name, time.perf_counter() - measuring, measured.describe())
         if not wake:
             self.engines[name] = engine
             engine.watch(self._death_watch(name, engine))

@@ -302,7 +302,11 @@ def _flag(config: dict[str, Any], key: str) -> bool:
 def _attention_shape(config: dict[str, Any], is_chat: bool, name: str) -> _AttentionShape:
     hidden = _lookup(config, "hidden_size", "n_embd", "d_model")
     max_positions = _lookup(config, *_CONTEXT_KEYS)
-    kv = _kv_elements_per_token(config, hidden) if is_chat else None
+    # Encoders have no KV cache; an embedder or reranker with a causal-LM body (Qwen3-Embedding) has one
+    # on vLLM's pooling runner, like a chat model.
+    architectures = config.get("architectures") or []
+    causal = any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+    kv = _kv_elements_per_token(config, hidden) if is_chat or causal else None
     if is_chat and kv is None and config:
         logger.debug("%s: config.json gives no attention shape; KV cache size unknown", name)
     return _AttentionShape(kv, hidden, max_positions)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from local_llm.config import Settings
 from local_llm.placement.checkpoint import CheckpointSummary, read_checkpoint, runtime_weight_bytes
 from local_llm.registry.classify import UnservableFolder
+from local_llm.registry.pooling import PoolingRunner, pooling_context, vllm_pooling
 from local_llm.registry.spec import ModelKind, ModelSpec, WeightFormat
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ _VLLM_CPU_COMPILED_EXTRA_BYTES = 640 * MIB
 _IN_PROCESS_RUNTIME_BYTES = 128 * MIB
 # Activation bytes per token and hidden unit during an encoder forward (fp32, attention + MLP buffers).
 _ACTIVATION_FACTOR = 4 * 8
+# The least KV cache a pooling model on vLLM is given (a few blocks of every layer).
+_MIN_POOLING_KV_BYTES = 32 * MIB
 # Without a readable attention shape, a chat model's KV cache is planned at this size.
 _FALLBACK_KV_BYTES = 1 * GIB
 
@@ -99,11 +102,13 @@ class ModelNeed:
     facts_on_cpu: ServingFacts = field(default_factory=ServingFacts)
 
 
-def estimate_need(spec: ModelSpec, settings: Settings, engine: str) -> ModelNeed:
-    """The model's need on the GPU and on the CPU for the engine that will serve it.
+def estimate_need(
+    spec: ModelSpec, settings: Settings, engine: str, *, cpu_engine: str | None = None
+) -> ModelNeed:
+    """The model's need on the GPU and on the CPU for the engine that will serve it there.
 
-    ``engine`` is the chat engine's name (``vllm`` / ``transformers``) for chat models and ignored
-    for the others, which run in this process.
+    ``engine`` names it (``vllm``, ``transformers``, ``in-process``), on the CPU too unless
+    ``cpu_engine`` names another: a pooling model runs on vLLM on a GPU and in this process on a CPU.
     """
     try:
         checkpoint = read_checkpoint(spec)
@@ -126,20 +131,46 @@ def estimate_need(spec: ModelSpec, settings: Settings, engine: str) -> ModelNeed
             facts_on_gpu=gpu_facts,
             facts_on_cpu=cpu_facts,
         )
-    encoder = _encoder_estimate(checkpoint, settings)
+    on_device = {
+        on_gpu: _pooling_estimate(spec, checkpoint, settings, on_gpu=on_gpu)
+        if (engine if on_gpu else cpu_engine or engine) == "vllm"
+        else (_encoder_estimate(checkpoint, settings), ServingFacts(model_type=checkpoint.model_type))
+        for on_gpu in (True, False)
+    }
     # sentence-transformers places a whole model on one device; only the transformers LLM reranker
-    # loads through a device map that can split it.
-    can_offload = spec.rerank is not None and spec.rerank.scorer.value == "llm-yes-no"
-    facts = ServingFacts(model_type=checkpoint.model_type)
+    # loads through a device map that can split it (vLLM's pooling runner is not asked to).
+    can_offload = engine != "vllm" and spec.rerank is not None and spec.rerank.scorer.value == "llm-yes-no"
     return ModelNeed(
         spec.name,
-        on_gpu=encoder,
-        on_cpu=encoder,
+        on_gpu=on_device[True][0],
+        on_cpu=on_device[False][0],
         can_offload=can_offload,
         checkpoint=described,
-        facts_on_gpu=facts,
-        facts_on_cpu=facts,
+        facts_on_gpu=on_device[True][1],
+        facts_on_cpu=on_device[False][1],
     )
+
+
+def _pooling_estimate(
+    spec: ModelSpec, checkpoint: CheckpointSummary, settings: Settings, *, on_gpu: bool
+) -> tuple[MemoryEstimate, ServingFacts]:
+    """An embedder or reranker on vLLM's pooling runner: a chat engine's runtime, a KV cache of one
+    input of the served context (its passes are of prompts only, so nothing more stays cached)."""
+    runner = vllm_pooling(spec)
+    own_limit = runner if isinstance(runner, PoolingRunner) else PoolingRunner("embed")
+    context = pooling_context(own_limit, checkpoint.max_position_embeddings, settings.vllm_max_model_len)
+    dtype, dtype_bytes = served_dtype(spec, checkpoint, settings, "vllm", on_gpu=on_gpu)
+    per_token = checkpoint.kv_elements_per_token
+    kv = per_token * dtype_bytes * context if per_token is not None else _FALLBACK_KV_BYTES
+    # vLLM counts whole blocks and pads small heads: a tiny model's exact figure is too few for it.
+    kv = max(kv, _MIN_POOLING_KV_BYTES)
+    runtime = _VLLM_GPU_RUNTIME_BYTES if on_gpu else _VLLM_CPU_RUNTIME_BYTES
+    if not on_gpu and not settings.vllm_enforce_eager:
+        runtime += _VLLM_CPU_COMPILED_EXTRA_BYTES
+    estimate = MemoryEstimate(
+        weights_bytes=runtime_weight_bytes(checkpoint, dtype_bytes), kv_cache_bytes=kv, runtime_bytes=runtime
+    )
+    return estimate, ServingFacts(context_tokens=context, dtype=dtype, model_type=checkpoint.model_type)
 
 
 def chat_serving_facts(

@@ -7,6 +7,7 @@ Example (keys are folders relative to the models folder)::
         name: qwen3-embed
         aliases: [text-embedding-3-small]
         matryoshka: true
+        engine: transformers  # sentence-transformers even on a GPU (default there: vLLM's pooling runner)
       models--BAAI--bge-reranker-base:
         type: reranker
       my-qwen3-reranker-finetune:   # a causal LM whose name does not say reranker

@@ -9,8 +9,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-#: Which engine serves a chat model; ``None`` follows LLM_CHAT_ENGINE.
-ChatEngineName = Literal["vllm", "transformers"]
+#: Which engine serves a model: vLLM, or transformers in this process (sentence-transformers for
+#: embedders). ``None``: chat follows LLM_CHAT_ENGINE; embedders and rerankers run on vLLM's pooling
+#: runner on a GPU where it computes what their own pipeline does, in process elsewhere.
+EngineName = Literal["vllm", "transformers"]
 #: Where a model runs, when the operator decides instead of the planner (models.yaml ``placement``).
 PlacementName = Literal["gpu", "gpu+offload", "cpu"]
 
@@ -58,8 +60,9 @@ class ModelOptions(BaseModel):
     # Matryoshka-trained embedders may be truncated with `dimensions`; others are refused.
     matryoshka: bool = False
     engine_options: dict[str, Any] = Field(default_factory=dict)
-    # Chat models: the engine, and vLLM's tool-call / reasoning parser names (detected when unset).
-    engine: ChatEngineName | None = None
+    # The engine (see EngineName); chat models: vLLM's tool-call / reasoning parser names (detected
+    # when unset).
+    engine: EngineName | None = None
     tool_call_parser: str | None = None
     reasoning_parser: str | None = None
     # Lifecycle: where it runs (None: planned), never evicted, unloaded after this long idle.

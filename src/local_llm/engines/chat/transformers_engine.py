@@ -142,6 +142,7 @@ class TransformersChatEngine(TorchModuleParking, ChatEngine):
         self.unwatch()
         model, self._model = self._model, None
         del model
+        self.release_host_copy()
         gc.collect()
         if self.plan.device.startswith("cuda"):
             import_backend("torch").cuda.empty_cache()
