@@ -12,6 +12,7 @@ the bus rate each reaches (bytes moved / seconds). The pinned path is
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import tempfile
@@ -47,6 +48,9 @@ def timed(work: Any) -> float:
 
 
 def main() -> int:
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
     import torch
     from transformers import AutoModelForCausalLM
 

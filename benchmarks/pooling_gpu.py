@@ -325,6 +325,10 @@ def main() -> int:
     import torch
     import vllm
 
+    if not torch.cuda.is_available():
+        # vLLM's CPU build sizes its KV cache from this (its default takes most of the RAM).
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
     work = Path(tempfile.mkdtemp(prefix="pooling-gpu-"))
     models = work / "models"
     corpus = build_corpus(args.passages)

@@ -185,6 +185,7 @@ class Run:
     outcomes: list[Outcome] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
     flowing: int = 0  # chat streams that have begun and not ended
+    last_began: float = 0.0  # when the newest of them had its first token (monotonic)
     peak_tree_bytes: int = 0
     ledger_peak_bytes: int = 0
     ledger_over_budget: int = 0
@@ -324,6 +325,7 @@ class Load:
             nonlocal flowing
             flowing = True
             self.run.flowing += 1
+            self.run.last_began = time.monotonic()
 
         try:
             return await self.timed(Kind.CHAT, stream_chat(client, self.chat_body(turn), began))
@@ -400,8 +402,12 @@ async def chat_model_loaded(load: Load, client: httpx.AsyncClient) -> bool:
     return False
 
 
+# How recently a stream must have begun for a kill to be sure of cutting it (answers of hundreds of tokens).
+FRESH_STREAM_S = 0.5
+
+
 async def engine_to_kill(load: Load, server_pid: int, flowing_within: float, until: float) -> int | None:
-    """The engine core's pid once a chat stream flows through it, if one does within
+    """The engine core's pid once a chat stream has just begun on it, if one does within
     ``flowing_within`` seconds, else as soon as the chat model is loaded; None when it has not been
     by ``until``. Never during a load: an engine killed while it starts is a failed load (503
     model_load_failed, then a backoff), another fault than the one measured here."""
@@ -409,7 +415,10 @@ async def engine_to_kill(load: Load, server_pid: int, flowing_within: float, unt
     async with httpx.AsyncClient(base_url=load.base_url, timeout=30) as client:
         while (now := time.monotonic()) < until:
             pid = engine_core_pid(server_pid)  # a process to poll: there is no event to await
-            wanted = load.run.flowing or now >= prefer_until
+            # A stream that began just now has most of its tokens to come: the kill cuts it, rather than
+            # finding one whose last tokens are already on their way to the client.
+            fresh = load.run.flowing and now - load.run.last_began < FRESH_STREAM_S
+            wanted = fresh or now >= prefer_until
             if pid is not None and wanted and await chat_model_loaded(load, client):
                 return pid
             await asyncio.sleep(0.05)

@@ -193,7 +193,21 @@ def test_random_chat_model_builds_a_model_of_the_shape_asked_for(tmp_path: Path,
     assert (out / "tokenizer.json").is_file()
 
 
-@pytest.mark.parametrize("script", ["embeddings_gpu.py", "swap_models.py", "vllm_offload_probe.py"])
+def test_pooling_benchmark_runs_its_anchors_and_checks_our_answers_against_vllm_offline() -> None:
+    """pooling_gpu.py's CPU smoke run: a 2-layer Qwen3 body, vLLM offline and its own server, ours; the
+    answers of every server agree with vLLM offline's (on a CPU ours serves these models in process)."""
+    output = run_benchmark("pooling_gpu.py", "--smoke", "--passages", "128")
+    for anchor in ("vLLM offline LLM.encode (classify)", "vLLM offline LLM.embed", "vLLM's server"):
+        assert f"| {anchor} |" in output
+    assert re.search(r"\| ours \(vLLM pooling\) \| [\d,]+ \| [\d.]+x \| \d+ \| \d+ \| 0 \| cos 0\.99", output)
+    scores = [float(d) for d in re.findall(r"max \|score diff\| ([\d.]+)", output)]
+    assert len(scores) == 2
+    assert max(scores) < 0.01
+
+
+@pytest.mark.parametrize(
+    "script", ["embeddings_gpu.py", "swap_models.py", "vllm_offload_probe.py", "park_copy.py"]
+)
 def test_gpu_only_benchmarks_import_and_explain_themselves(script: str) -> None:
     """GPU only (see the module's docstring): ``--help`` imports what the script imports at its top
     and parses its command line."""
