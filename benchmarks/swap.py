@@ -8,7 +8,12 @@ on a CPU), then
 2. sends ``--mixed-s`` seconds of concurrent requests to random models and counts failures, while
    a sampler records the device's peak memory (NVML on a GPU: the whole device, less what was in use
    before the server started; process-tree RSS on a CPU) and the ledger's peak (/admin/memory);
-3. measures generation speed of every chat model placed gpu+offload (tokens/s, ignore_eos).
+3. measures every chat model's generation speed at ``--speed-streams`` concurrent streams (tokens/s
+   of all streams together, ``--speed-tokens`` each, ignore_eos), once the model is awake.
+
+``--bare-wake MODEL`` first measures the anchors on that chat model with bare vLLM (offline ``LLM``,
+compiled, sleep mode, in a process of its own): sleep, wake, wake + the same 8-token request the visits
+send, and generation speed at the same stream counts.
 
     python benchmarks/swap.py --models-dir /tmp/swap-models --gpu-budget-gb 8 --docs-key gpu --write-docs
 
@@ -30,12 +35,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import random
+import shutil
 import statistics
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -97,14 +104,10 @@ class Visits:
     # Seconds from sending a request to a parked model to its answer (8 tokens), as the client sees it.
     wake_request: dict[str, list[float]] = field(default_factory=dict)
     reload: dict[str, list[float]] = field(default_factory=dict)
-    speed: dict[str, float] = field(default_factory=dict)
 
 
-def visit_in_turn(client: httpx.Client, names: list[str], rounds: int, speed_tokens: int) -> Visits:
-    """Each model in turn: every visit evicts (parks or unloads) the one before when the budget is tight.
-
-    A chat model placed gpu+offload also gets a ``speed_tokens`` generation, timed, on its first visit.
-    """
+def visit_in_turn(client: httpx.Client, names: list[str], rounds: int) -> Visits:
+    """Each model in turn: every visit evicts (parks or unloads) the one before when the budget is tight."""
     visits = Visits()
     for _ in range(rounds):
         for name in names:
@@ -125,13 +128,31 @@ def visit_in_turn(client: httpx.Client, names: list[str], rounds: int, speed_tok
             for other, other_card in after.items():
                 if before[other]["state"] == "loaded" and other_card["state"] == "parked":
                     visits.park.setdefault(other, []).append(other_card["park_seconds"])
-            if card["placement"] == "gpu+offload" and name not in visits.speed:
-                _, timed = request_for(card, max_tokens=speed_tokens)
-                started = time.perf_counter()
-                usage = client.post(path, json=timed).json()["usage"]
-                visits.speed[name] = usage["completion_tokens"] / (time.perf_counter() - started)
             print(f"  {name}: was {state}, {response.elapsed.total_seconds():.2f}s", flush=True)
     return visits
+
+
+def generation_speed(base_url: str, card: dict[str, Any], streams: int, tokens: int) -> float:
+    """Tokens/s of ``streams`` concurrent requests of ``tokens`` each (ignore_eos), all together; the
+    model is asked once first, so a swap is not timed."""
+    path, body = request_for(card, max_tokens=tokens)
+    with httpx.Client(base_url=base_url, timeout=900) as client:
+        client.post(path, json=request_for(card)[1]).raise_for_status()
+    generated: list[int] = []
+
+    def one() -> None:
+        with httpx.Client(base_url=base_url, timeout=900) as client:
+            answer = client.post(path, json=body)
+            answer.raise_for_status()
+            generated.append(answer.json()["usage"]["completion_tokens"])
+
+    threads = [threading.Thread(target=one) for _ in range(streams)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(generated) / (time.perf_counter() - started)
 
 
 def mixed_load(base_url: str, names: list[str], seconds: float, workers: int) -> tuple[int, int, list[str]]:
@@ -203,7 +224,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--mixed-s", type=float, default=60)
     parser.add_argument("--workers", type=int, default=8)
-    parser.add_argument("--offload-tokens", type=int, default=64)
+    parser.add_argument("--speed-tokens", type=int, default=128, help="Tokens a speed stream generates")
+    parser.add_argument(
+        "--speed-streams", default="1", help="Comma-separated concurrent streams of the chat speed runs"
+    )
+    parser.add_argument("--log-copy", type=Path, help="Copy the server's log here when it stops")
     parser.add_argument("--port", type=int, default=15580)
     parser.add_argument(
         "--order", help="Comma-separated models to visit in this order (default: all, sorted)"
@@ -218,13 +243,14 @@ def main() -> None:
         help="A chat model folder: bare vLLM's sleep / wake + first request on it, the anchor of our wakes",
     )
     parser.add_argument("--bare-wake-run", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--docs-key", choices=["cpu", "gpu"])
+    parser.add_argument("--docs-key", choices=["cpu", "gpu", "seed"])
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
     if args.bare_wake_run:
-        bare_wake_run(args.bare_wake_run)
+        bare_wake_run(args.bare_wake_run, [int(n) for n in args.speed_streams.split(",")], args.speed_tokens)
         return
-    bare = bare_wake(args.bare_wake) if args.bare_wake else None
+    streams = [int(n) for n in args.speed_streams.split(",")]
+    bare = bare_wake(args.bare_wake, streams, args.speed_tokens) if args.bare_wake else None
 
     gpu = args.gpu_budget_gb is not None
     env = child_env()
@@ -266,14 +292,22 @@ def main() -> None:
         with httpx.Client(base_url=base_url, timeout=1800) as client:
             names = args.order.split(",") if args.order else sorted(cards(client))
             print(f"visiting {names} x{args.rounds}", flush=True)
-            visits = visit_in_turn(client, names, args.rounds, args.offload_tokens)
+            visits = visit_in_turn(client, names, args.rounds)
             mixed = args.mixed_models.split(",") if args.mixed_models else sorted(set(names))
             print(f"mixed load on {mixed} for {args.mixed_s:.0f}s with {args.workers} clients", flush=True)
             ok, failed, errors = mixed_load(base_url, mixed, args.mixed_s, args.workers)
-            speeds = visits.speed
+            chat = [n for n in dict.fromkeys(names) if cards(client)[n]["type"] == "chat"]
+            speeds = {
+                name: {
+                    n: generation_speed(base_url, cards(client)[name], n, args.speed_tokens) for n in streams
+                }
+                for name in chat
+            }
             final = cards(client)
         stop_ledger.set()
         sampler.stop()
+    if args.log_copy:
+        shutil.copy(log_path, args.log_copy)
 
     device = "GPU " + _gpu_name() if gpu else f"CPU {cpu_model()}, {ram_gib():.0f} GiB RAM"
     rows = [
@@ -324,9 +358,17 @@ def main() -> None:
                 f"(ours / bare = {answered / anchor:.2f}x)"
             )
         summary.append(line + ".")
-    for name, speed in speeds.items():
+    for name, by_streams in speeds.items():
+        shown = []
+        for n, speed in by_streams.items():
+            figure = f"{speed:,.0f} tokens/s at {n} stream{'s' if n > 1 else ''}"
+            anchor = (bare or {}).get(f"tokens_per_s_{n}") if final[name]["type"] == "chat" else None
+            if anchor and args.bare_wake and args.bare_wake.name == name:
+                figure += f" (bare vLLM {anchor:,.0f}: {speed / anchor:.2f}x)"
+            shown.append(figure)
         summary.append(
-            f"- {name} (gpu+offload): {speed:.1f} tokens/s, one stream, {args.offload_tokens} tokens."
+            f"- {name} ({final[name].get('placement')}, context {final[name].get('max_model_len') or '–'}): "
+            f"{'; '.join(shown)}; {args.speed_tokens} tokens a stream."
         )
     table = "\n".join([*rows, "", *summary])
     print(table)
@@ -343,12 +385,13 @@ def main() -> None:
         write_docs(f"{start}\n`{command}`\n\n{table}\n{end}", start, end)
 
 
-def bare_wake(model: Path) -> dict[str, float]:
+def bare_wake(model: Path, streams: list[int], tokens: int) -> dict[str, float]:
     """Bare vLLM's figures on ``model``, in a process of its own (its GPU memory goes with it)."""
     import json
     import subprocess
 
     command = [sys.executable, __file__, "--bare-wake-run", str(model)]
+    command += ["--speed-streams", ",".join(map(str, streams)), "--speed-tokens", str(tokens)]
     print(f"bare vLLM sleep / wake on {model.name}", flush=True)
     finished = subprocess.run(command, capture_output=True, text=True, check=False, env=child_env())
     if finished.returncode != 0:
@@ -359,29 +402,46 @@ def bare_wake(model: Path) -> dict[str, float]:
     return figures
 
 
-def bare_wake_run(model: Path) -> None:
+def bare_wake_run(model: Path, streams: list[int], tokens: int) -> None:
     """Offline vLLM, compiled, with sleep mode: sleep (level 1), wake, and answer what our visits ask
-    (8 tokens of the same prompt), three times; medians."""
+    (8 tokens of the same prompt), three times, the last after 5 s asleep (as a parked model waits);
+    medians. Then generation speed: ``n`` prompts of ``tokens`` each, for each ``n`` of ``streams``."""
     import json
 
     from vllm import LLM, SamplingParams
 
-    llm = LLM(model=str(model), enable_sleep_mode=True, gpu_memory_utilization=0.3, max_model_len=4096)
+    # A KV cache of 1 GiB, as a model gets on an 8 GB card (a larger one is more memory to map back).
+    llm = LLM(
+        model=str(model),
+        enable_sleep_mode=True,
+        gpu_memory_utilization=0.5,
+        kv_cache_memory_bytes=1024**3,
+        max_model_len=4096,
+    )
     params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
     messages = [{"role": "user", "content": PROMPT}]
     llm.chat(messages, params, use_tqdm=False)
     sleeps, wakes, firsts = [], [], []
-    for _ in range(3):
+    for asleep_s in (0, 0, 5):
         started = time.perf_counter()
         llm.sleep(level=1)
         slept = time.perf_counter()
+        time.sleep(asleep_s)
+        waking = time.perf_counter()
         llm.wake_up()
         woken = time.perf_counter()
         llm.chat(messages, params, use_tqdm=False)
         sleeps.append(slept - started)
-        wakes.append(woken - slept)
-        firsts.append(time.perf_counter() - slept)
+        wakes.append(woken - waking)
+        firsts.append(time.perf_counter() - waking)
     figures = {"sleep_s": median(sleeps), "wake_s": median(wakes), "wake_and_first_request_s": median(firsts)}
+    figures["wake_after_5s_asleep_s"] = wakes[-1]
+    long = SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True)
+    for n in streams:
+        started = time.perf_counter()
+        outputs = llm.chat([messages] * n, long, use_tqdm=False)
+        generated = sum(len(o.outputs[0].token_ids) for o in outputs)
+        figures[f"tokens_per_s_{n}"] = generated / (time.perf_counter() - started)
     print("bare-wake: " + json.dumps(figures), flush=True)
 
 

@@ -279,7 +279,8 @@ CHATML_TEMPLATE = (
 
 
 def build_qwen3_reranker(dest: Path, tokenizer=None, **shape: int) -> Path:  # type: ignore[no-untyped-def]
-    """A random-weight Qwen3ForCausalLM shaped for Qwen3-Reranker: 2 layers, hidden 64, unless ``shape`` says.
+    """A random-weight Qwen3ForCausalLM shaped for Qwen3-Reranker: 2 layers, hidden 64, unless ``shape`` says
+    (``vocab_size`` too: the tokenizer's by default).
 
     The tokenizer (default :func:`qwen3_style_tokenizer`) must hold Qwen3's chat tokens and single
     "yes" / "no" tokens; so the published template and formula apply to the model unchanged.
@@ -302,11 +303,10 @@ def build_qwen3_reranker(dest: Path, tokenizer=None, **shape: int) -> Path:  # t
         "max_position_embeddings": 512,
     }
     config = Qwen3Config(
-        vocab_size=len(fast),
         tie_word_embeddings=True,
         pad_token_id=fast.pad_token_id,
         eos_token_id=fast.eos_token_id,
-        **(tiny | shape),
+        **({"vocab_size": len(fast)} | tiny | shape),
     )
     Qwen3ForCausalLM(config).save_pretrained(dest)
     fast.save_pretrained(dest)
@@ -350,7 +350,7 @@ def build_qwen3_embedder(dest: Path, tokenizer=None, **shape: int) -> Path:  # t
         "head_dim": 32,
         "max_position_embeddings": 512,
     }
-    config = Qwen3Config(vocab_size=len(fast), pad_token_id=fast.pad_token_id, **(tiny | shape))
+    config = Qwen3Config(pad_token_id=fast.pad_token_id, **({"vocab_size": len(fast)} | tiny | shape))
     raw = dest.with_name(dest.name + "-raw")
     Qwen3Model(config).save_pretrained(raw)
     fast.save_pretrained(raw)

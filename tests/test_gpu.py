@@ -38,7 +38,7 @@ def test_a_model_that_gives_way_on_the_gpu_is_parked_and_woken_not_reloaded(
     # parked one keeps 768 MiB: 3.5 GiB, less 512 MiB for the server's own CUDA context (the zoo has
     # embedders), holds one awake and one asleep, not two awake.
     running = start_server(
-        zoo, tmp_path / "server.log", "--no-bundled-models", "--available-gpu-memory-gb", "3.5"
+        zoo, tmp_path / "server.log", "--no-bundled-models", "--available-gpu-memory-gb", "2.9"
     )
     try:
         base = running.base_url

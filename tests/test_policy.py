@@ -16,7 +16,16 @@ from local_llm.manager.policy import (
     to_drain,
     within_budget,
 )
-from local_llm.placement import MemoryEstimate, ModelNeed, Placement, PlacementRules, Room, plan_placement
+from local_llm.placement import (
+    ContextFit,
+    MemoryEstimate,
+    ModelNeed,
+    Placement,
+    PlacementRules,
+    Room,
+    ServingFacts,
+    plan_placement,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -278,6 +287,59 @@ def test_plan_placement(
         int(offload * G),
     )
     assert plan.reason
+
+
+def chat_need(weights: float, *, full_tokens: int = 32768, min_tokens: int = 4096) -> ModelNeed:
+    """A vLLM chat model whose KV cache costs 64 KiB a token of context (two sequences of 32 KiB)."""
+    per_token = 64 * 1024
+    gpu = MemoryEstimate(
+        weights_bytes=int(weights * G), kv_cache_bytes=per_token * full_tokens, runtime_bytes=int(1.5 * G)
+    )
+    return ModelNeed(
+        "chat",
+        on_gpu=gpu,
+        on_cpu=gpu,
+        can_offload=True,
+        checkpoint="test",
+        facts_on_gpu=ServingFacts(context_tokens=full_tokens, dtype="auto"),
+        context_fit=ContextFit(per_token, full_tokens=full_tokens, min_tokens=min_tokens),
+    )
+
+
+CONTEXT_CASES = [
+    # (case, need, GPU room GiB, rules, placement, context served)
+    # 5.3 + 1.5 GiB leave 0.8 GiB of 95% of an 8 GiB card: 13,107 tokens, down to a multiple of 256.
+    ("the full context does not fit: cut to what does", chat_need(5.3), 8, PlacementRules(), Placement.GPU, 13056),
+    ("the full context fits: kept", chat_need(5.3), 16, PlacementRules(), Placement.GPU, 32768),
+    ("what fits is under the least allowed: offload at the least", chat_need(5.3, min_tokens=24576), 8, PlacementRules(), Placement.GPU_OFFLOAD, 24576),
+    ("the weights alone overflow: offload at the least context", chat_need(7.5), 8, PlacementRules(), Placement.GPU_OFFLOAD, 4096),
+    ("placement: gpu takes the shorter context", chat_need(5.3), 8, PlacementRules(placement="gpu"), Placement.GPU, 13056),
+    ("the offload threshold still offloads", chat_need(5.3), 8, PlacementRules(offload_threshold_bytes=4 * G), Placement.GPU_OFFLOAD, 4096),
+    ("it fits whole past the threshold: full context", chat_need(5.3), 16, PlacementRules(offload_threshold_bytes=4 * G), Placement.GPU_OFFLOAD, 32768),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "need", "gpu_room", "rules", "placement", "context"),
+    CONTEXT_CASES,
+    ids=[c[0] for c in CONTEXT_CASES],
+)
+def test_a_chat_models_context_is_cut_to_fit_the_gpu_before_weights_are_offloaded_at_the_least(
+    case: str,
+    need: ModelNeed,
+    gpu_room: float,
+    rules: PlacementRules,
+    placement: Placement,
+    context: int,
+) -> None:
+    plan = plan_placement(need, Room(64 * G, int(gpu_room * G)), rules)
+    assert plan.placement is placement, plan.reason
+    assert plan.facts.context_tokens == context
+    assert plan.estimate.kv_cache_bytes == context * 64 * 1024
+    assert plan.gpu_bytes <= gpu_room * G
+    if context != 32768:
+        said = "cut from 32,768 to" if placement is Placement.GPU else "at"
+        assert f"{said} {context:,} tokens" in plan.reason, plan.reason
 
 
 REFUSAL_CASES = [

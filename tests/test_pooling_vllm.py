@@ -151,6 +151,23 @@ def test_on_a_gpu_the_pooling_runner_is_planned_and_chosen_on_a_cpu_the_in_proce
     assert engine_class(forced, settings, _plan(Placement.GPU)) is BiEncoderRerankEngine
 
 
+@pytest.mark.unit
+def test_on_a_small_gpu_budget_pooling_models_stay_in_process_and_leave_the_memory_to_chat(
+    models: Path, tmp_path: Path
+) -> None:
+    shutil.copytree(models / "qwen3-embed", tmp_path / "qwen3-embed")  # without models.yaml's engine
+    spec = _spec(tmp_path, "qwen3-embed")
+    small, large = Settings(available_gpu_memory_gb=8), Settings(available_gpu_memory_gb=24)
+    assert pooling_engine(spec, small, on_gpu=True) == "in-process"
+    assert engine_class(spec, small, _plan(Placement.GPU)) is BiEncoderRerankEngine
+    assert estimate_for(spec, small).on_gpu.kv_cache_bytes == 0
+    assert pooling_engine(spec, large, on_gpu=True) == "vllm"
+    assert (
+        pooling_engine(spec, Settings(available_gpu_memory_gb=8, pooling_vllm_min_gpu_gb=4), on_gpu=True)
+        == "vllm"
+    )
+
+
 # --- for real, on vLLM's CPU build ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def pooling_server(models: Path, tmp_path_factory: pytest.TempPathFactory) -> RunningServer:

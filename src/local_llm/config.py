@@ -183,6 +183,14 @@ class Settings(BaseSettings):
         "running; more get 429 + Retry-After.",
     )
 
+    pooling_vllm_min_gpu_gb: float = Field(
+        16,
+        ge=0,
+        description="Embedders and rerankers with a causal-LM body run on vLLM's pooling runner on a GPU "
+        "whose budget is at least this (GiB); on a smaller card in process, which leaves the chat model "
+        "more memory. A model's `engine:` in models.yaml wins.",
+    )
+
     # --- Chat -------------------------------------------------------------------------------
     chat_engine: Literal["auto", "vllm", "transformers"] = Field(
         "auto",
@@ -196,6 +204,13 @@ class Settings(BaseSettings):
     )
     vllm_max_model_len: int | None = Field(
         None, ge=1, description="Context length cap for chat models; the model's own is the default."
+    )
+    vllm_min_model_len: int = Field(
+        4096,
+        ge=1,
+        description="On a GPU too small for a chat model's full context, the context is cut to what fits "
+        "(its KV cache with it) down to this many tokens; below it, weights are offloaded to RAM instead. "
+        "Not applied when LLM_VLLM_MAX_MODEL_LEN or LLM_VLLM_KV_CACHE_GB is set.",
     )
     vllm_max_num_seqs: int | None = Field(
         None, ge=1, description="Most sequences a vLLM engine runs at once (vLLM's default when unset)."

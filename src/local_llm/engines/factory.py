@@ -19,7 +19,7 @@ from local_llm.engines.pooling_vllm import VllmEmbeddingEngine, VllmPoolingEngin
 from local_llm.engines.rerank import BiEncoderRerankEngine, CrossEncoderRerankEngine, LLMYesNoRerankEngine
 from local_llm.engines.vllm_base import VllmEngine
 from local_llm.errors import EngineUnavailableError
-from local_llm.placement import ModelNeed, Placement, PlacementPlan, estimate_need
+from local_llm.placement import ModelNeed, Placement, PlacementPlan, estimate_need, probe_devices
 from local_llm.registry.pooling import PoolingRunner, vllm_pooling
 from local_llm.registry.spec import ModelKind, ModelSpec, RerankScorer
 
@@ -91,15 +91,29 @@ def pooling_engine(spec: ModelSpec, settings: Settings, *, on_gpu: bool) -> Pool
     """Where an embedder or reranker runs on a device: on vLLM's pooling runner (``vllm``) or in this
     process (``in-process``: sentence-transformers, transformers).
 
-    models.yaml's ``engine`` decides where it is set. Otherwise vLLM serves, on a GPU, what its pooling
-    runner computes as the model's own pipeline does (:func:`vllm_pooling`), where vLLM is installed;
-    on a CPU the in-process engines are as fast for models of this size and start in a second.
+    models.yaml's ``engine`` decides where it is set. Otherwise vLLM serves, on a GPU whose budget is
+    at least LLM_POOLING_VLLM_MIN_GPU_GB, what its pooling runner computes as the model's own pipeline
+    does (:func:`vllm_pooling`), where vLLM is installed. On a smaller card the memory is better spent
+    on the chat model: the pooling runner brings an engine process and a KV cache (Qwen3-Embedding-0.6B:
+    3.5 GiB, where in process it needs 1.7) and keeps 768 MiB of the GPU parked, where an in-process
+    model parks to none. On a CPU the in-process engines are as fast for models of this size and start
+    in a second.
     """
     chosen = spec.options.engine
     if chosen is not None:
         return "vllm" if chosen == "vllm" else "in-process"
-    fits = isinstance(vllm_pooling(spec), PoolingRunner)
-    return "vllm" if on_gpu and fits and importlib.util.find_spec("vllm") is not None else "in-process"
+    if not on_gpu or importlib.util.find_spec("vllm") is None:
+        return "in-process"
+    budget = settings.gpu_budget_bytes or _gpu_total_bytes()
+    if budget is not None and budget < settings.pooling_vllm_min_gpu_gb * 1024**3:
+        return "in-process"
+    return "vllm" if isinstance(vllm_pooling(spec), PoolingRunner) else "in-process"
+
+
+def _gpu_total_bytes() -> int | None:
+    """The visible GPU's memory; None without one (a GPU estimate made where there is none)."""
+    gpu = probe_devices().gpu
+    return gpu.total_bytes if gpu is not None else None
 
 
 def capabilities_of(spec: ModelSpec, settings: Settings) -> frozenset[Capability]:

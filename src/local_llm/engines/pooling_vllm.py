@@ -41,6 +41,7 @@ from local_llm.engines.rerank import (
 from local_llm.engines.vllm_base import VllmEngine
 from local_llm.errors import EngineRequestError, Subject
 from local_llm.placement import PlacementPlan
+from local_llm.placement.estimate import pooling_pass_tokens
 from local_llm.registry.pooling import PoolingRunner
 from local_llm.registry.spec import ModelSpec, RerankScorer
 
@@ -60,9 +61,10 @@ class VllmPoolingEngine(VllmEngine):
         self._request_ids = itertools.count()
 
     def _runner_args(self) -> dict[str, Any]:
-        # A pass holds at least one whole input: vLLM refuses fewer batched tokens than the context.
-        context = self.plan.facts.context_tokens or 0
-        return {"runner": "pooling", "max_num_batched_tokens": max(context, 2048), **self._runner.engine_args}
+        # A pass holds LLM_EMBEDDING_BATCH_TOKENS, as the in-process engines' do, and at least one whole
+        # input (vLLM refuses fewer batched tokens than the context); the plan's KV cache holds a pass.
+        tokens = pooling_pass_tokens(self.plan.facts.context_tokens, self._settings)
+        return {"runner": "pooling", "max_num_batched_tokens": tokens, **self._runner.engine_args}
 
     async def start(self) -> None:
         await super().start()

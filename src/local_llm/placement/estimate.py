@@ -24,9 +24,13 @@ MIB = 1024**2
 GIB = 1024**3
 
 # Runtime an engine brings beside its weights and caches.
-# vLLM on a GPU: its engine process's CUDA context, cuBLAS workspaces, CUDA graphs and the profiled
-# activation peak of a prefill chunk.
-_VLLM_GPU_RUNTIME_BYTES = 1536 * MIB
+# vLLM on a GPU: its engine process's CUDA context and cuBLAS workspaces, and what grows with the model:
+# CUDA graphs, compiled kernels' buffers, the activations its warm-up passes leave in the allocator.
+# Calibrated on an H200 (vLLM 0.26, compiled): a Qwen2.5-7B-AWQ (5.38 GiB of weights) held 2.4 GiB
+# beside weights and KV cache (graphs 0.3-0.5 GiB; 2.2-2.35 GiB stayed in use asleep, whatever
+# max_num_seqs), a Qwen3-0.6B-bodied pooling engine (0.83 GiB) 1.1 GiB, tiny models about 1 GiB.
+_VLLM_GPU_BASE_RUNTIME_BYTES = 1024 * MIB
+_VLLM_GPU_RUNTIME_PER_WEIGHT_BYTE = 0.25
 # vLLM on a CPU: the engine-core process (interpreter, torch and vLLM with their libraries, activation
 # buffers): its RSS was 1.5 GiB for a 256 MiB KV cache and a tiny model (tests/test_swaps.py).
 _VLLM_CPU_RUNTIME_BYTES = 1280 * MIB
@@ -87,6 +91,21 @@ class ServingFacts:
 
 
 @dataclass(frozen=True)
+class ContextFit:
+    """How far a vLLM chat model's context may shrink to fit a GPU whole: its KV cache is sized by
+    the context, so a card too small for the full context still takes every weight at a shorter one
+    (what a user of an 8 GB card sets by hand with vLLM's ``--max-model-len``), which beats streaming
+    weights over PCIe for every token. Only offered while the operator has set neither the context
+    (LLM_VLLM_MAX_MODEL_LEN) nor the KV cache (LLM_VLLM_KV_CACHE_GB)."""
+
+    # KV cache bytes one token of context costs: per-token bytes x the sequences the cache holds.
+    kv_bytes_per_context_token: int
+    full_tokens: int
+    # LLM_VLLM_MIN_MODEL_LEN (never more than the full context): shorter than this, offload instead.
+    min_tokens: int
+
+
+@dataclass(frozen=True)
 class ModelNeed:
     """A model's need on each device, and whether it can be split between them: the planner's input."""
 
@@ -100,6 +119,8 @@ class ModelNeed:
     # What the engine is started with on each device.
     facts_on_gpu: ServingFacts = field(default_factory=ServingFacts)
     facts_on_cpu: ServingFacts = field(default_factory=ServingFacts)
+    # On a GPU, how the context may shrink to fit (None: it may not).
+    context_fit: ContextFit | None = None
 
 
 def estimate_need(
@@ -130,6 +151,7 @@ def estimate_need(
             checkpoint=described,
             facts_on_gpu=gpu_facts,
             facts_on_cpu=cpu_facts,
+            context_fit=_context_fit(spec, checkpoint, settings, engine) if engine == "vllm" else None,
         )
     on_device = {
         on_gpu: _pooling_estimate(spec, checkpoint, settings, on_gpu=on_gpu)
@@ -155,22 +177,29 @@ def _pooling_estimate(
     spec: ModelSpec, checkpoint: CheckpointSummary, settings: Settings, *, on_gpu: bool
 ) -> tuple[MemoryEstimate, ServingFacts]:
     """An embedder or reranker on vLLM's pooling runner: a chat engine's runtime, a KV cache of one
-    input of the served context (its passes are of prompts only, so nothing more stays cached)."""
+    pass (:func:`pooling_pass_tokens`: its passes are of prompts only, so nothing more stays cached)."""
     runner = vllm_pooling(spec)
     own_limit = runner if isinstance(runner, PoolingRunner) else PoolingRunner("embed")
     context = pooling_context(own_limit, checkpoint.max_position_embeddings, settings.vllm_max_model_len)
     dtype, dtype_bytes = served_dtype(spec, checkpoint, settings, "vllm", on_gpu=on_gpu)
     per_token = checkpoint.kv_elements_per_token
-    kv = per_token * dtype_bytes * context if per_token is not None else _FALLBACK_KV_BYTES
+    pass_tokens = pooling_pass_tokens(context, settings)
+    kv = per_token * dtype_bytes * pass_tokens if per_token is not None else _FALLBACK_KV_BYTES
     # vLLM counts whole blocks and pads small heads: a tiny model's exact figure is too few for it.
     kv = max(kv, _MIN_POOLING_KV_BYTES)
-    runtime = _VLLM_GPU_RUNTIME_BYTES if on_gpu else _VLLM_CPU_RUNTIME_BYTES
+    weights = runtime_weight_bytes(checkpoint, dtype_bytes)
+    runtime = vllm_gpu_runtime(weights) if on_gpu else _VLLM_CPU_RUNTIME_BYTES
     if not on_gpu and not settings.vllm_enforce_eager:
         runtime += _VLLM_CPU_COMPILED_EXTRA_BYTES
-    estimate = MemoryEstimate(
-        weights_bytes=runtime_weight_bytes(checkpoint, dtype_bytes), kv_cache_bytes=kv, runtime_bytes=runtime
-    )
+    estimate = MemoryEstimate(weights_bytes=weights, kv_cache_bytes=kv, runtime_bytes=runtime)
     return estimate, ServingFacts(context_tokens=context, dtype=dtype, model_type=checkpoint.model_type)
+
+
+def pooling_pass_tokens(context: int | None, settings: Settings) -> int:
+    """Tokens one pass of vLLM's pooling runner takes (its max_num_batched_tokens, which its KV cache
+    must hold): LLM_EMBEDDING_BATCH_TOKENS, as the in-process engines' passes, and never less than one
+    input of the served context, which vLLM refuses."""
+    return max(context or 0, settings.embedding_batch_tokens)
 
 
 def chat_serving_facts(
@@ -183,6 +212,29 @@ def chat_serving_facts(
     )
 
 
+def vllm_gpu_runtime(weights_bytes: int) -> int:
+    """vLLM's GPU memory beside weights and KV cache: a base, and a share of the weights for what
+    grows with the model (see ``_VLLM_GPU_RUNTIME_PER_WEIGHT_BYTE``)."""
+    return _VLLM_GPU_BASE_RUNTIME_BYTES + int(weights_bytes * _VLLM_GPU_RUNTIME_PER_WEIGHT_BYTE)
+
+
+def _context_fit(
+    spec: ModelSpec, checkpoint: CheckpointSummary, settings: Settings, engine: str
+) -> ContextFit | None:
+    if settings.vllm_max_model_len is not None or settings.vllm_kv_cache_gb is not None:
+        return None
+    full = context_length(checkpoint, settings)
+    per_token = checkpoint.kv_elements_per_token
+    if full is None or per_token is None:
+        return None
+    _, dtype_bytes = served_dtype(spec, checkpoint, settings, engine, on_gpu=True)
+    return ContextFit(
+        kv_bytes_per_context_token=per_token * dtype_bytes * settings.vllm_kv_cache_sequences,
+        full_tokens=full,
+        min_tokens=min(settings.vllm_min_model_len, full),
+    )
+
+
 def _chat_estimate(
     spec: ModelSpec, checkpoint: CheckpointSummary, settings: Settings, engine: str, *, on_gpu: bool
 ) -> MemoryEstimate:
@@ -190,7 +242,7 @@ def _chat_estimate(
     weights = runtime_weight_bytes(checkpoint, dtype_bytes)
     kv = kv_cache_bytes(checkpoint, settings, dtype_bytes)
     if engine == "vllm":
-        runtime = _VLLM_GPU_RUNTIME_BYTES if on_gpu else _VLLM_CPU_RUNTIME_BYTES
+        runtime = vllm_gpu_runtime(weights) if on_gpu else _VLLM_CPU_RUNTIME_BYTES
         if not on_gpu and not settings.vllm_enforce_eager:
             runtime += _VLLM_CPU_COMPILED_EXTRA_BYTES
     else:

@@ -7,12 +7,19 @@ manager's admission then evicts or waits until that room is free.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from local_llm.errors import InsufficientMemoryError
 from local_llm.placement.estimate import MemoryEstimate, ModelNeed, ServingFacts, mib
 from local_llm.registry.spec import PlacementName
+
+# A context cut to fit the GPU is a multiple of this (vLLM's KV blocks are 16 tokens).
+_CONTEXT_STEP_TOKENS = 256
+# ... and leaves this share of the room unplanned: a model sized to fill the room exactly goes over it
+# by the estimate's error, and a model measured over the whole room can never be woken (on an H200 a
+# Qwen2.5-7B-AWQ cut to fill 9,728 MiB measured 9,836: 1.3% over).
+_CONTEXT_FIT_HEADROOM = 0.05
 
 
 class Placement(str, Enum):
@@ -76,15 +83,21 @@ def plan_placement(need: ModelNeed, room: Room, rules: PlacementRules) -> Placem
     threshold = rules.offload_threshold_bytes
     over_threshold = threshold is not None and gpu.weights_bytes > threshold
     fits = gpu.total_bytes <= gpu_room
-    if rules.placement == "gpu" or (rules.placement is None and fits and not over_threshold):
+    if rules.placement == "gpu" or (rules.placement is None and not over_threshold):
         if fits:
             return _on_gpu(need, f"fits the GPU budget of {mib(gpu_room)}")
+        shorter = _with_shorter_context(need, gpu_room)
+        if shorter is not None:
+            return shorter
         if rules.placement == "gpu":
             raise _refusal(need, room, "placement: gpu in models.yaml, and the GPU budget is too small")
     if rules.placement == "gpu+offload" and fits and not over_threshold:
         return _on_gpu(need, "placement: gpu+offload in models.yaml, but it fits the GPU budget whole")
     offload_allowed = rules.enable_offload or rules.placement == "gpu+offload"
     if need.can_offload and offload_allowed:
+        # Weights over PCIe cost every token; a full context costs only long prompts: offload at the
+        # least context allowed when the full one does not fit.
+        gpu, facts = _at_least_context(need) if not fits else (gpu, need.facts_on_gpu)
         above_threshold = gpu.weights_bytes - threshold if threshold is not None and over_threshold else 0
         excess = max(gpu.total_bytes - gpu_room, above_threshold, 0)
         if 0 < excess < gpu.weights_bytes and excess <= room.ram_bytes:
@@ -100,9 +113,14 @@ def plan_placement(need: ModelNeed, room: Room, rules: PlacementRules) -> Placem
                 gpu_bytes=gpu.total_bytes - excess,
                 ram_bytes=excess,
                 offload_bytes=excess,
-                reason=f"needs {gpu.describe()} = {mib(gpu.total_bytes)}; {why}, so {mib(excess)} of "
-                "weights stay in CPU RAM",
-                facts=need.facts_on_gpu,
+                reason=f"needs {gpu.describe()} = {mib(gpu.total_bytes)}"
+                + (
+                    f" at {facts.context_tokens:,} tokens of context"
+                    if facts is not need.facts_on_gpu
+                    else ""
+                )
+                + f"; {why}, so {mib(excess)} of weights stay in CPU RAM",
+                facts=facts,
             )
     if rules.placement == "gpu+offload":
         raise _refusal(need, room, "placement: gpu+offload in models.yaml, and it cannot be split to fit")
@@ -117,9 +135,43 @@ def plan_placement(need: ModelNeed, room: Room, rules: PlacementRules) -> Placem
     return _on_cpu(need, room, why)
 
 
+def _with_shorter_context(need: ModelNeed, gpu_room: int) -> PlacementPlan | None:
+    """The whole model on the GPU at the longest context (a multiple of 256 tokens) whose KV cache
+    fits beside its weights and runtime in 95% of the room, if that is at least the least allowed."""
+    fit = need.context_fit
+    if fit is None:
+        return None
+    gpu = need.on_gpu
+    spare = int(gpu_room * (1 - _CONTEXT_FIT_HEADROOM)) - (gpu.total_bytes - gpu.kv_cache_bytes)
+    tokens = max(spare, 0) // fit.kv_bytes_per_context_token // _CONTEXT_STEP_TOKENS * _CONTEXT_STEP_TOKENS
+    if not fit.min_tokens <= tokens < fit.full_tokens:
+        return None
+    estimate = replace(gpu, kv_cache_bytes=tokens * fit.kv_bytes_per_context_token)
+    reason = (
+        f"needs {estimate.describe()} = {mib(estimate.total_bytes)} with its context cut from "
+        f"{fit.full_tokens:,} to {tokens:,} tokens; the full context would need {mib(gpu.total_bytes)}, "
+        f"more than the GPU budget of {mib(gpu_room)}, and a shorter context beats offloading weights "
+        f"(LLM_VLLM_MIN_MODEL_LEN: {fit.min_tokens:,})"
+    )
+    return _whole_on_gpu(estimate, replace(need.facts_on_gpu, context_tokens=tokens), reason)
+
+
+def _at_least_context(need: ModelNeed) -> tuple[MemoryEstimate, ServingFacts]:
+    """The GPU estimate and facts at the least context allowed (the full ones without a context fit)."""
+    fit = need.context_fit
+    if fit is None or fit.min_tokens >= fit.full_tokens:
+        return need.on_gpu, need.facts_on_gpu
+    estimate = replace(need.on_gpu, kv_cache_bytes=fit.min_tokens * fit.kv_bytes_per_context_token)
+    return estimate, replace(need.facts_on_gpu, context_tokens=fit.min_tokens)
+
+
 def _on_gpu(need: ModelNeed, why: str) -> PlacementPlan:
     estimate = need.on_gpu
     reason = f"needs {estimate.describe()} = {mib(estimate.total_bytes)}; {why}"
+    return _whole_on_gpu(estimate, need.facts_on_gpu, reason)
+
+
+def _whole_on_gpu(estimate: MemoryEstimate, facts: ServingFacts, reason: str) -> PlacementPlan:
     return PlacementPlan(
         Placement.GPU,
         "cuda",
@@ -127,7 +179,7 @@ def _on_gpu(need: ModelNeed, why: str) -> PlacementPlan:
         gpu_bytes=estimate.total_bytes,
         ram_bytes=0,
         reason=reason,
-        facts=need.facts_on_gpu,
+        facts=facts,
     )
 
 
