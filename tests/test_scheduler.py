@@ -7,6 +7,7 @@ scheduler asked of the world and what state it shows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -20,7 +21,15 @@ from local_llm.errors import (
 )
 from local_llm.manager.policy import Budget, within_budget
 from local_llm.manager.scheduler import ModelEntry, ModelState, Phase, Rules, Scheduler, Ticket
-from local_llm.placement import Footprint, MemoryEstimate, ModelNeed, PlacementPlan, PlacementRules, Room
+from local_llm.placement import (
+    Footprint,
+    MemoryEstimate,
+    ModelNeed,
+    Placement,
+    PlacementPlan,
+    PlacementRules,
+    Room,
+)
 from local_llm.placement import plan_placement as real_plan_placement
 
 pytestmark = pytest.mark.unit
@@ -73,6 +82,7 @@ class Rig:
         ttl: dict[str, float] | None = None,
         max_models: int | None = None,
         overhead_measured: bool = True,
+        planner: Callable[[str, Room], PlacementPlan] | None = None,
         **rules: object,
     ) -> None:
         self.sizes = sizes
@@ -84,7 +94,7 @@ class Rig:
         self.scheduler = Scheduler(
             entries,
             budget,
-            self.plan,
+            planner or self.plan,
             self.effects,
             Rules(**rules),  # type: ignore[arg-type]
             overhead_measured=overhead_measured,
@@ -309,6 +319,42 @@ def test_a_measurement_over_the_estimate_is_adopted_and_idle_models_make_way() -
     rig.scheduler.stopped("b", rig.now)
     rig.ask("b")
     assert rig.scheduler.holdings()[0].ram_bytes == int(6.5 * G)
+
+
+def test_a_parked_model_measured_over_its_whole_room_is_planned_again_in_less_not_refused() -> None:
+    """Seen on an H200: a 7B-AWQ whose context was cut to fill a 9,728 MiB room measured 9,836 MiB,
+    was parked (over budget), and its next request got 507: it "could never fit". Now it is unloaded
+    and planned again in a room smaller by what it went over (the planner then cuts its context more)."""
+    rooms: list[int] = []
+
+    def fill_the_room(name: str, room: Room) -> PlacementPlan:
+        assert room.gpu_bytes is not None
+        rooms.append(room.gpu_bytes)
+        estimate = MemoryEstimate(weights_bytes=room.gpu_bytes)  # as a context cut to fit does
+        return PlacementPlan(
+            Placement.GPU, "cuda", estimate, gpu_bytes=room.gpu_bytes, ram_bytes=0, reason="fills it"
+        )
+
+    rig = Rig({"chat": 12}, ram_gb=64, gpu_gb=10, planner=fill_the_room)
+    parked = Footprint(gpu_bytes=G // 2, ram_bytes=6 * G)
+    rig.ask("chat")
+    assert rig.effects.take() == [("load", "chat", frozenset())]
+    over = Footprint(gpu_bytes=10 * G + int(0.1 * G), ram_bytes=0)
+    rig.scheduler.brought_up("chat", rig.now, seconds=60, measured=over, parking=parked)
+    rig.done("chat")
+    assert rig.effects.take() == [("park", "chat")]  # the ledger is over budget once it is measured
+    rig.scheduler.parked("chat", rig.now, seconds=5, measured=parked)
+    nxt = rig.ask("chat")
+    assert rig.effects.take() == [("stop", "chat")]  # not woken (it could not fit), not refused
+    assert nxt.seq not in rig.effects.refused
+    rig.scheduler.stopped("chat", rig.now)
+    assert rig.effects.take() == [("load", "chat", frozenset())]
+    assert rooms == [10 * G, 10 * G - int(0.1 * G)]  # planned again 0.1 GiB smaller
+    rig.scheduler.brought_up(
+        "chat", rig.now, seconds=60, measured=Footprint(gpu_bytes=10 * G), parking=parked
+    )
+    assert nxt.seq in rig.effects.granted
+    assert rig.within_budget()
 
 
 def test_the_servers_own_footprint_counts_against_the_ram_budget() -> None:

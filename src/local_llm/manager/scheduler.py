@@ -142,8 +142,9 @@ class ModelRecord:
     failure: Failure | None = None
     # What the engine holds now, as measured after its last bring-up or park.
     measured: Footprint | None = None
-    # The most it was ever measured to hold loaded: later plans reserve at least this much.
-    learned: Footprint | None = None
+    # The most it was ever measured to hold beyond its plan, per device (the estimate's error): later
+    # plans are made in a room smaller by this, and reserve this much more.
+    overshoot: Footprint | None = None
     # What it holds parked, where its engine can park.
     parking: Footprint | None = None
     # Memory a take-down in progress has not given back yet.
@@ -174,9 +175,10 @@ class ModelRecord:
         return ModelState.AVAILABLE
 
     def reserved(self, plan: PlacementPlan) -> Footprint:
-        """What a bring-up under ``plan`` reserves: the plan, or more where the model was measured to
-        hold more before."""
-        return Footprint(plan.gpu_bytes, plan.ram_bytes).at_least(self.learned)
+        """What a bring-up under ``plan`` reserves: the plan, and what the model was measured to hold
+        beyond its plan before."""
+        over = self.overshoot or Footprint()
+        return Footprint(plan.gpu_bytes + over.gpu_bytes, plan.ram_bytes + over.ram_bytes)
 
     def held(self) -> Footprint:
         """What the model holds in the committed ledger in its current phase (nothing when idle)."""
@@ -327,7 +329,12 @@ class Scheduler:
         waking = record.phase is Phase.WAKING
         record.phase, record.failure, record.last_used = Phase.LOADED, None, now
         record.measured, record.parking = measured, parking
-        record.learned = measured.at_least(record.learned) if measured else record.learned
+        if measured is not None and record.plan is not None:
+            beyond = Footprint(
+                max(measured.gpu_bytes - record.plan.gpu_bytes, 0),
+                max(measured.ram_bytes - record.plan.ram_bytes, 0),
+            )
+            record.overshoot = beyond.at_least(record.overshoot)
         if waking:
             record.wake_seconds, record.wakes = seconds, record.wakes + 1
         else:
@@ -490,11 +497,20 @@ class Scheduler:
             return
         waking = record.phase is Phase.PARKED
         try:
-            plan = record.plan if waking and record.plan else self._planner(record.name, self._room(record))
+            plan = (
+                record.plan if waking and record.plan else self._planner(record.name, self._plan_room(record))
+            )
         except InsufficientMemoryError as exc:
             self._refuse_all(record, exc)
             return
         need = Need(record.name, *_pair(record.reserved(plan)))
+        if waking and not self._can_ever_fit(need, record.name):
+            # Its plan was wrong: awake it was measured to hold more than the whole room, so it could
+            # never be woken. Unloaded, it is planned afresh in a room smaller by what it went over
+            # (a chat model at a shorter context, or elsewhere), and its waiters wait for that.
+            why = f"awake it holds {record.reserved(plan).describe()}, more than its room; planning it again"
+            self._take_down(record, park=False, why=why, cause=Cause.OVER_BUDGET, now=now)
+            return
         holdings = self.holdings(exclude=record.name)
         budget = self.budget
         decision = admit(holdings, budget, need, may_evict=self.rules.may_evict, may_park=self.rules.may_park)
@@ -658,6 +674,13 @@ class Scheduler:
             ram_bytes=max(base.ram_bytes - overhead, 0) - pinned_ram,
             gpu_bytes=base.gpu_bytes - pinned_gpu if base.gpu_bytes is not None else None,
         )
+
+    def _plan_room(self, record: ModelRecord) -> Room:
+        """The room a fresh plan is made in: :meth:`_room`, less what the model was measured to hold
+        beyond its plans before, so that plan and overshoot together fit."""
+        room, over = self._room(record), record.overshoot or Footprint()
+        gpu = max(room.gpu_bytes - over.gpu_bytes, 0) if room.gpu_bytes is not None else None
+        return Room(ram_bytes=max(room.ram_bytes - over.ram_bytes, 0), gpu_bytes=gpu)
 
     def _can_ever_fit(self, need: Need, name: str) -> bool:
         """Whether waiting can help: the need fits the budget less what pinned models hold."""
