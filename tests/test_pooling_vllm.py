@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -286,6 +287,53 @@ def test_a_yes_no_reranker_on_vllm_scores_by_the_published_formula(
     )
     assert refused.status_code == 400, refused.text
     assert refused.json()["error"]["param"] == "documents"
+
+
+@pytest.mark.server
+def test_a_client_that_leaves_mid_embedding_has_its_inputs_aborted_in_vllm(
+    pooling_server: RunningServer,
+) -> None:
+    # Token ids (the API takes them as input), 400 a text: the work is vLLM's, not the tokenizer's.
+    texts = [[10 + (i + j) % 500 for j in range(400)] for i in range(1500)]
+    url = pooling_server.api + "/embeddings"
+
+    def running() -> int:
+        card = httpx.get(pooling_server.api + "/models/qwen3-embed", timeout=30).json()
+        return int(card["running_requests"] or 0)
+
+    _embed(pooling_server, "qwen3-embed", TEXTS[:1])
+    started = time.perf_counter()
+    assert len(_embed(pooling_server, "qwen3-embed", texts)) == len(texts)
+    whole = time.perf_counter() - started
+    gave_up: list[BaseException] = []
+
+    def impatient_client() -> None:
+        try:  # gives up after a third of the time the work takes, and closes its socket
+            httpx.post(url, json={"model": "qwen3-embed", "input": texts}, timeout=whole / 3)
+        except httpx.ReadTimeout as exc:
+            gave_up.append(exc)
+
+    client = threading.Thread(target=impatient_client)
+    client.start()
+    peak = 0
+    while client.is_alive():
+        peak = max(peak, running())
+        time.sleep(0.05)
+    assert gave_up, "the request finished before the client gave up"
+    assert peak > 100  # vLLM was at them: each input is a vLLM request
+    # The route's cancellation aborts every one still in vLLM: the engine is idle long before it
+    # would have finished them (which took `whole`).
+    left = time.perf_counter()
+    while running() and time.perf_counter() - left < whole:
+        time.sleep(0.05)
+    idle_after = time.perf_counter() - left
+    assert running() == 0
+    assert idle_after < whole / 3, f"idle {idle_after:.2f}s after the drop; all inputs take {whole:.2f}s"
+    log = pooling_server.log()
+    assert "POST /v1/embeddings: the client went away" in log
+    # And the engine serves on, with the right vectors.
+    again = _embed(pooling_server, "qwen3-embed", TEXTS[:2])
+    np.testing.assert_allclose(again, _embed(pooling_server, "qwen3-embed", TEXTS[:2]), atol=1e-6)
 
 
 @pytest.mark.server
