@@ -74,6 +74,10 @@ class Sampler:
     gpu: bool
     baseline: int = 0
     peak: int = 0
+    # When the peak was seen, and what each process held on the GPU then: what explains a peak over the
+    # budget (an engine still exiting beside the next load, a load's transient, the server's own).
+    peak_at: str = ""
+    peak_holders: str = ""
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
@@ -90,7 +94,25 @@ class Sampler:
     def run(self) -> None:
         while not self._stop.wait(0.05):
             with contextlib.suppress(Exception):
-                self.peak = max(self.peak, self._read() - self.baseline)
+                reading = self._read() - self.baseline
+                if reading > self.peak:
+                    self.peak, self.peak_at = reading, time.strftime("%H:%M:%S")
+                    self.peak_holders = self._holders() if self.gpu else ""
+
+    @staticmethod
+    def _holders() -> str:
+        """``pid 123 (VLLM::EngineCore) 6,666 MiB, ...``: each process's memory on the GPU now."""
+        import psutil
+        import pynvml
+
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        held = []
+        for process in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+            name = "?"
+            with contextlib.suppress(psutil.Error):
+                name = psutil.Process(process.pid).name()
+            held.append(f"pid {process.pid} ({name}) {(process.usedGpuMemory or 0) / MIB:,.0f} MiB")
+        return ", ".join(held)
 
     def stop(self) -> None:
         self._stop.set()
@@ -340,6 +362,11 @@ def main() -> None:
             else "(RSS of the server's process tree, its code and libraries included)."
         ),
         *([overhead_line] if overhead_line else []),
+        *(
+            [f"- At the measured peak ({sampler.peak_at}) the GPU held: {sampler.peak_holders}."]
+            if sampler and sampler.peak_holders
+            else []
+        ),
         f"- Visits in this order: {', '.join(names)} (x{args.rounds}).",
         f"- Mixed load on {', '.join(mixed)}: {args.workers} clients, {args.mixed_s:.0f} s, "
         f"a random model per request: {ok} answered, {failed} failed.",

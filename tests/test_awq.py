@@ -15,6 +15,7 @@ from conftest import DATA_DIR, start_server, stop_server
 from local_llm.config import Settings
 from local_llm.engines.factory import estimate_for
 from local_llm.placement.checkpoint import read_checkpoint
+from local_llm.placement.probe import cpu_flags
 from local_llm.registry import ModelRegistry
 from model_zoo import chat_tokenizer_source
 
@@ -79,6 +80,8 @@ def test_the_awq_builder_writes_autoawqs_gemm_layout_and_the_estimate_counts_it_
 def test_an_awq_model_is_served_by_vllm_and_its_card_says_what_it_is(
     awq_models: Path, tmp_path: Path
 ) -> None:
+    """Where the CPU has AVX-512 vLLM serves it; where it has not (vLLM's CPU kernel for 4-bit weights
+    is AVX-512 only) the request is refused at once with the reason, not by an engine that dies."""
     running = start_server(awq_models, tmp_path / "server.log", "--no-bundled-models")
     try:
         body = {
@@ -88,10 +91,18 @@ def test_an_awq_model_is_served_by_vllm_and_its_card_says_what_it_is(
             "temperature": 0,
         }
         answer = httpx.post(running.api + "/chat/completions", json=body, timeout=300)
+        card = httpx.get(f"{running.api}/models/{NAME}", timeout=30).json()
+        assert card["quantization"] == "awq"
+        if "avx512f" not in cpu_flags():
+            assert answer.status_code == 503, answer.text
+            assert "only with AVX-512" in answer.json()["error"]["message"]
+            assert card["state"] != "loaded"
+            assert f"starting vLLM for {NAME}" not in running.log(), "no engine is started to die"
+            assert httpx.get(running.base_url + "/health", timeout=30).status_code == 200
+            return
         assert answer.status_code == 200, answer.text
         assert answer.json()["usage"]["completion_tokens"] == 4
-        card = httpx.get(f"{running.api}/models/{NAME}", timeout=30).json()
-        assert (card["quantization"], card["state"], card["backend"]) == ("awq", "loaded", "vllm")
+        assert (card["state"], card["backend"]) == ("loaded", "vllm")
         assert card["estimate"]["weights"] == _stored_bytes(awq_models / NAME)
         assert card["measured_bytes"] > card["estimate"]["weights"]
     finally:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 
 from local_llm.errors import InsufficientMemoryError
@@ -289,8 +292,11 @@ def test_plan_placement(
     assert plan.reason
 
 
-def chat_need(weights: float, *, full_tokens: int = 32768, min_tokens: int = 4096) -> ModelNeed:
-    """A vLLM chat model whose KV cache costs 64 KiB a token of context (two sequences of 32 KiB)."""
+def chat_need(
+    weights: float, *, full_tokens: int = 32768, min_tokens: int = 4096, graphs: float = 0
+) -> ModelNeed:
+    """A vLLM chat model whose KV cache costs 64 KiB a token of context (two sequences of 32 KiB),
+    whose runtime of 1.5 GiB holds ``graphs`` GiB of CUDA graphs."""
     per_token = 64 * 1024
     gpu = MemoryEstimate(
         weights_bytes=int(weights * G), kv_cache_bytes=per_token * full_tokens, runtime_bytes=int(1.5 * G)
@@ -302,7 +308,9 @@ def chat_need(weights: float, *, full_tokens: int = 32768, min_tokens: int = 409
         can_offload=True,
         checkpoint="test",
         facts_on_gpu=ServingFacts(context_tokens=full_tokens, dtype="auto"),
-        context_fit=ContextFit(per_token, full_tokens=full_tokens, min_tokens=min_tokens),
+        context_fit=ContextFit(
+            per_token, full_tokens=full_tokens, min_tokens=min_tokens, graphs_bytes=int(graphs * G)
+        ),
     )
 
 
@@ -340,6 +348,36 @@ def test_a_chat_models_context_is_cut_to_fit_the_gpu_before_weights_are_offloade
     if context != 32768:
         said = "cut from 32,768 to" if placement is Placement.GPU else "at"
         assert f"{said} {context:,} tokens" in plan.reason, plan.reason
+
+
+EAGER_CASES = [
+    # (case, need, GPU room GiB, placement, eager, context served)
+    # 6.2 + 1.5 GiB + 4,096 tokens (0.25 GiB) overflow 95% of 8 GiB; without 0.4 GiB of graphs 307 MiB
+    # are left for KV: 4,915 tokens, down to a multiple of 256.
+    ("too big at the least context: graphs off, whole", chat_need(6.2, graphs=0.4), 8, Placement.GPU, True, 4864),
+    ("graphs off and the full context fits", chat_need(5.3, full_tokens=6144, graphs=0.4), 7.15, Placement.GPU, True, 6144),
+    ("a shorter context suffices: graphs stay", chat_need(5.3, graphs=0.4), 8, Placement.GPU, False, 13056),
+    ("already eager (no graphs to free): offload", chat_need(6.2), 8, Placement.GPU_OFFLOAD, False, 4096),
+    ("even without graphs too big: offload, compiled", chat_need(6.6, graphs=0.4), 8, Placement.GPU_OFFLOAD, False, 4096),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "need", "gpu_room", "placement", "eager", "context"),
+    EAGER_CASES,
+    ids=[c[0] for c in EAGER_CASES],
+)
+def test_cuda_graphs_are_turned_off_to_keep_a_chat_model_whole_before_weights_are_offloaded(
+    case: str, need: ModelNeed, gpu_room: float, placement: Placement, eager: bool, context: int
+) -> None:
+    plan = plan_placement(need, Room(64 * G, int(gpu_room * G)), PlacementRules())
+    assert plan.placement is placement, plan.reason
+    assert plan.facts.enforce_eager is eager
+    assert plan.facts.context_tokens == context
+    assert plan.gpu_bytes <= gpu_room * G
+    graphs = need.context_fit.graphs_bytes if need.context_fit and eager else 0
+    assert plan.estimate.runtime_bytes == need.on_gpu.runtime_bytes - graphs
+    assert ("CUDA graphs off" in plan.reason) is eager, plan.reason
 
 
 REFUSAL_CASES = [
@@ -382,3 +420,20 @@ def test_to_drain(
 def test_gpu_offload_asked_for_a_model_that_fits_runs_whole_on_the_gpu() -> None:
     plan = plan_placement(model_need(1), Room(4 * G, 8 * G), PlacementRules(placement="gpu+offload"))
     assert (plan.placement, plan.offload_bytes) == (Placement.GPU, 0)
+
+
+@pytest.mark.parametrize("eager", [True, False])
+def test_the_plans_eager_choice_is_what_vllm_is_started_with(eager: bool, tmp_path: Path) -> None:
+    """The plan's facts are the one place the mode is decided: vLLM's engine args follow them."""
+    from local_llm.config import Settings
+    from local_llm.engines.chat.vllm_engine import VllmChatEngine
+    from local_llm.registry.spec import ModelKind, ModelSpec, WeightFormat
+
+    need = chat_need(6.2, graphs=0.4) if eager else chat_need(5.3, graphs=0.4)
+    plan = plan_placement(need, Room(64 * G, 8 * G), PlacementRules())
+    spec = ModelSpec("chat", ModelKind.CHAT, tmp_path, WeightFormat.SAFETENSORS, 2**20, "test", "test")
+    # LLM_VLLM_ENFORCE_EAGER unset: only the plan can turn the graphs off.
+    engine = VllmChatEngine(spec, replace(plan, placement=Placement.CPU), Settings(vllm_enforce_eager=False))
+    args = engine._engine_args(tmp_path)
+    assert args["enforce_eager"] is eager
+    assert args["max_model_len"] == plan.facts.context_tokens

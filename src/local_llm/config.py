@@ -229,7 +229,8 @@ class Settings(BaseSettings):
     vllm_enforce_eager: bool = Field(
         False,
         description="Run vLLM without torch.compile / CUDA graphs: SmolLM2 loaded in about 24 s instead of "
-        "90 s (2-core CPU, first start) and generates about 25% slower.",
+        "90 s (2-core CPU, first start) and generates about 25% slower. Unset, a GPU plan still turns the "
+        "graphs off for a chat model that fits whole only without them (the plan's reason says so).",
     )
     vllm_tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallel size (GPUs per model).")
     responses_store_size: int = Field(

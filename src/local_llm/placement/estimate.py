@@ -31,6 +31,9 @@ GIB = 1024**3
 # max_num_seqs), a Qwen3-0.6B-bodied pooling engine (0.83 GiB) 1.1 GiB, tiny models about 1 GiB.
 _VLLM_GPU_BASE_RUNTIME_BYTES = 1024 * MIB
 _VLLM_GPU_RUNTIME_PER_WEIGHT_BYTE = 0.25
+# ... of which CUDA graphs (compiled mode): vLLM logged 0.31-0.51 GiB of graphs for the 7B-AWQ above.
+# Eager mode (LLM_VLLM_ENFORCE_EAGER, or a plan that turns graphs off to fit a small card) has none.
+_VLLM_GPU_GRAPHS_PER_WEIGHT_BYTE = 0.08
 # vLLM on a CPU: the engine-core process (interpreter, torch and vLLM with their libraries, activation
 # buffers): its RSS was 1.5 GiB for a 256 MiB KV cache and a tiny model (tests/test_swaps.py).
 _VLLM_CPU_RUNTIME_BYTES = 1280 * MIB
@@ -86,6 +89,9 @@ class ServingFacts:
     context_tokens: int | None = None
     # The dtype the engine runs the weights in: "auto" (the engine's choice) or a dtype name.
     dtype: str = "auto"
+    # vLLM without CUDA graphs / torch.compile: LLM_VLLM_ENFORCE_EAGER, or a plan that needed their
+    # memory to keep the model whole on a small GPU (``ContextFit.graphs_bytes``).
+    enforce_eager: bool = False
     # config.json's model_type (a GGUF's architecture).
     model_type: str | None = None
 
@@ -103,6 +109,10 @@ class ContextFit:
     full_tokens: int
     # LLM_VLLM_MIN_MODEL_LEN (never more than the full context): shorter than this, offload instead.
     min_tokens: int
+    # What CUDA graphs take of the GPU runtime (0 when the engine already runs eager): a model that
+    # does not fit whole even at the least context may still fit without them. Eager decoding costs a
+    # little per token (kernel launches); offloaded weights cross PCIe every token and cannot sleep.
+    graphs_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -188,11 +198,21 @@ def _pooling_estimate(
     # vLLM counts whole blocks and pads small heads: a tiny model's exact figure is too few for it.
     kv = max(kv, _MIN_POOLING_KV_BYTES)
     weights = runtime_weight_bytes(checkpoint, dtype_bytes)
-    runtime = vllm_gpu_runtime(weights) if on_gpu else _VLLM_CPU_RUNTIME_BYTES
+    runtime = (
+        vllm_gpu_runtime(weights, compiled=not settings.vllm_enforce_eager)
+        if on_gpu
+        else _VLLM_CPU_RUNTIME_BYTES
+    )
     if not on_gpu and not settings.vllm_enforce_eager:
         runtime += _VLLM_CPU_COMPILED_EXTRA_BYTES
     estimate = MemoryEstimate(weights_bytes=weights, kv_cache_bytes=kv, runtime_bytes=runtime)
-    return estimate, ServingFacts(context_tokens=context, dtype=dtype, model_type=checkpoint.model_type)
+    facts = ServingFacts(
+        context_tokens=context,
+        dtype=dtype,
+        model_type=checkpoint.model_type,
+        enforce_eager=settings.vllm_enforce_eager,
+    )
+    return estimate, facts
 
 
 def pooling_pass_tokens(context: int | None, settings: Settings) -> int:
@@ -208,14 +228,18 @@ def chat_serving_facts(
     """The context, dtype and family a chat engine is started with (and estimated for)."""
     dtype, _ = served_dtype(spec, checkpoint, settings, engine, on_gpu=on_gpu)
     return ServingFacts(
-        context_tokens=context_length(checkpoint, settings), dtype=dtype, model_type=checkpoint.model_type
+        context_tokens=context_length(checkpoint, settings),
+        dtype=dtype,
+        model_type=checkpoint.model_type,
+        enforce_eager=settings.vllm_enforce_eager,
     )
 
 
-def vllm_gpu_runtime(weights_bytes: int) -> int:
+def vllm_gpu_runtime(weights_bytes: int, *, compiled: bool) -> int:
     """vLLM's GPU memory beside weights and KV cache: a base, and a share of the weights for what
-    grows with the model (see ``_VLLM_GPU_RUNTIME_PER_WEIGHT_BYTE``)."""
-    return _VLLM_GPU_BASE_RUNTIME_BYTES + int(weights_bytes * _VLLM_GPU_RUNTIME_PER_WEIGHT_BYTE)
+    grows with the model (see ``_VLLM_GPU_RUNTIME_PER_WEIGHT_BYTE``), less the graphs' when eager."""
+    share = _VLLM_GPU_RUNTIME_PER_WEIGHT_BYTE - (0 if compiled else _VLLM_GPU_GRAPHS_PER_WEIGHT_BYTE)
+    return _VLLM_GPU_BASE_RUNTIME_BYTES + int(weights_bytes * share)
 
 
 def _context_fit(
@@ -228,10 +252,13 @@ def _context_fit(
     if full is None or per_token is None:
         return None
     _, dtype_bytes = served_dtype(spec, checkpoint, settings, engine, on_gpu=True)
+    compiled = not settings.vllm_enforce_eager
+    weights = runtime_weight_bytes(checkpoint, dtype_bytes)
     return ContextFit(
         kv_bytes_per_context_token=per_token * dtype_bytes * settings.vllm_kv_cache_sequences,
         full_tokens=full,
         min_tokens=min(settings.vllm_min_model_len, full),
+        graphs_bytes=vllm_gpu_runtime(weights, compiled=compiled) - vllm_gpu_runtime(weights, compiled=False),
     )
 
 
@@ -242,7 +269,11 @@ def _chat_estimate(
     weights = runtime_weight_bytes(checkpoint, dtype_bytes)
     kv = kv_cache_bytes(checkpoint, settings, dtype_bytes)
     if engine == "vllm":
-        runtime = vllm_gpu_runtime(weights) if on_gpu else _VLLM_CPU_RUNTIME_BYTES
+        runtime = (
+            vllm_gpu_runtime(weights, compiled=not settings.vllm_enforce_eager)
+            if on_gpu
+            else _VLLM_CPU_RUNTIME_BYTES
+        )
         if not on_gpu and not settings.vllm_enforce_eager:
             runtime += _VLLM_CPU_COMPILED_EXTRA_BYTES
     else:

@@ -86,7 +86,7 @@ def plan_placement(need: ModelNeed, room: Room, rules: PlacementRules) -> Placem
     if rules.placement == "gpu" or (rules.placement is None and not over_threshold):
         if fits:
             return _on_gpu(need, f"fits the GPU budget of {mib(gpu_room)}")
-        shorter = _with_shorter_context(need, gpu_room)
+        shorter = _with_shorter_context(need, gpu_room) or _with_shorter_context(need, gpu_room, eager=True)
         if shorter is not None:
             return shorter
         if rules.placement == "gpu":
@@ -97,9 +97,13 @@ def plan_placement(need: ModelNeed, room: Room, rules: PlacementRules) -> Placem
     if need.can_offload and offload_allowed:
         # Weights over PCIe cost every token; a full context costs only long prompts: offload at the
         # least context allowed when the full one does not fit.
+        # At a cut context the model is sized to the room as a cut context is: inside its headroom (at
+        # the least context it may fit the whole room, yet not with the estimate's error).
         gpu, facts = _at_least_context(need) if not fits else (gpu, need.facts_on_gpu)
+        cut = facts is not need.facts_on_gpu
+        target = int(gpu_room * (1 - _CONTEXT_FIT_HEADROOM)) if cut else gpu_room
         above_threshold = gpu.weights_bytes - threshold if threshold is not None and over_threshold else 0
-        excess = max(gpu.total_bytes - gpu_room, above_threshold, 0)
+        excess = max(gpu.total_bytes - target, above_threshold, 0)
         if 0 < excess < gpu.weights_bytes and excess <= room.ram_bytes:
             why = (
                 f"its weights exceed LLM_GPU_MEMORY_OFFLOAD_THRESHOLD_GB ({mib(threshold or 0)})"
@@ -114,11 +118,7 @@ def plan_placement(need: ModelNeed, room: Room, rules: PlacementRules) -> Placem
                 ram_bytes=excess,
                 offload_bytes=excess,
                 reason=f"needs {gpu.describe()} = {mib(gpu.total_bytes)}"
-                + (
-                    f" at {facts.context_tokens:,} tokens of context"
-                    if facts is not need.facts_on_gpu
-                    else ""
-                )
+                + (f" at {facts.context_tokens:,} tokens of context" if cut else "")
                 + f"; {why}, so {mib(excess)} of weights stay in CPU RAM",
                 facts=facts,
             )
@@ -135,25 +135,41 @@ def plan_placement(need: ModelNeed, room: Room, rules: PlacementRules) -> Placem
     return _on_cpu(need, room, why)
 
 
-def _with_shorter_context(need: ModelNeed, gpu_room: int) -> PlacementPlan | None:
+def _with_shorter_context(need: ModelNeed, gpu_room: int, *, eager: bool = False) -> PlacementPlan | None:
     """The whole model on the GPU at the longest context (a multiple of 256 tokens) whose KV cache
-    fits beside its weights and runtime in 95% of the room, if that is at least the least allowed."""
+    fits beside its weights and runtime in 95% of the room, if that is at least the least allowed.
+
+    ``eager``: without CUDA graphs (their share of the runtime freed), the last rung before weights
+    are offloaded: decoding launches each kernel itself, a little slower per token, where offloaded
+    weights would cross PCIe for every token and keep the model from sleeping.
+    """
     fit = need.context_fit
-    if fit is None:
+    if fit is None or (eager and not fit.graphs_bytes):
         return None
     gpu = need.on_gpu
+    if eager:
+        gpu = replace(gpu, runtime_bytes=gpu.runtime_bytes - fit.graphs_bytes)
     spare = int(gpu_room * (1 - _CONTEXT_FIT_HEADROOM)) - (gpu.total_bytes - gpu.kv_cache_bytes)
     tokens = max(spare, 0) // fit.kv_bytes_per_context_token // _CONTEXT_STEP_TOKENS * _CONTEXT_STEP_TOKENS
-    if not fit.min_tokens <= tokens < fit.full_tokens:
+    tokens = min(tokens, fit.full_tokens) if eager else tokens
+    if tokens < fit.min_tokens or (tokens >= fit.full_tokens and not eager):
         return None
     estimate = replace(gpu, kv_cache_bytes=tokens * fit.kv_bytes_per_context_token)
-    reason = (
-        f"needs {estimate.describe()} = {mib(estimate.total_bytes)} with its context cut from "
-        f"{fit.full_tokens:,} to {tokens:,} tokens; the full context would need {mib(gpu.total_bytes)}, "
-        f"more than the GPU budget of {mib(gpu_room)}, and a shorter context beats offloading weights "
-        f"(LLM_VLLM_MIN_MODEL_LEN: {fit.min_tokens:,})"
+    cut = (
+        f" with its context cut from {fit.full_tokens:,} to {tokens:,} tokens"
+        if tokens < fit.full_tokens
+        else ""
     )
-    return _whole_on_gpu(estimate, replace(need.facts_on_gpu, context_tokens=tokens), reason)
+    graphs = f" and CUDA graphs off (eager: they would take {mib(fit.graphs_bytes)} more)" if eager else ""
+    reason = (
+        f"needs {estimate.describe()} = {mib(estimate.total_bytes)}{cut}{graphs}; the full context "
+        f"would need {mib(need.on_gpu.total_bytes)}, more than the GPU budget of {mib(gpu_room)}, and "
+        f"this beats offloading weights (LLM_VLLM_MIN_MODEL_LEN: {fit.min_tokens:,})"
+    )
+    facts = replace(
+        need.facts_on_gpu, context_tokens=tokens, enforce_eager=need.facts_on_gpu.enforce_eager or eager
+    )
+    return _whole_on_gpu(estimate, facts, reason)
 
 
 def _at_least_context(need: ModelNeed) -> tuple[MemoryEstimate, ServingFacts]:

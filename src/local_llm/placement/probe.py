@@ -57,6 +57,15 @@ class DeviceSnapshot:
     gpu: GpuSnapshot | None
 
 
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (``avx2``, ``avx512f``, ...) from /proc/cpuinfo; empty where unreadable."""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("flags"):
+                return frozenset(line.partition(":")[2].split())
+    return frozenset()
+
+
 def our_process_ids(pid: int | None = None) -> set[int]:
     """``pid`` (default: this process) and all its children: vLLM engines run as child processes."""
     root = psutil.Process(pid or os.getpid())

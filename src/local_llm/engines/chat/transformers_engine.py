@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from local_llm.backends import IMPORT_LOCK, import_backend
+from local_llm.backends import IMPORT_LOCK, TORCH_GLOBALS, import_backend
 from local_llm.config import Settings
 from local_llm.engines.base import Progress, TorchModuleParking, fatal_cause, offload_options
 from local_llm.engines.batched import module_bytes
@@ -107,7 +107,7 @@ class TransformersChatEngine(TorchModuleParking, ChatEngine):
         if self.spec.weight_format is WeightFormat.GGUF:
             self.stage("importing the GGUF file")
             folder = await ensure_imported(self.spec.path, self._settings.data_dir)
-        await asyncio.to_thread(self._load, folder)
+        await asyncio.to_thread(self._load_alone, folder)
         logger.info(
             "chat model %s ready on transformers (%s) in %.1fs: context %d tokens, tool parser %s",
             self.spec.name,
@@ -116,6 +116,10 @@ class TransformersChatEngine(TorchModuleParking, ChatEngine):
             self._context,
             self._tool_parser or "none",
         )
+
+    def _load_alone(self, folder: Path) -> None:
+        with TORCH_GLOBALS.loading():
+            self._load(folder)
 
     def _load(self, folder: Path) -> None:
         with IMPORT_LOCK:
@@ -467,7 +471,7 @@ class TransformersChatEngine(TorchModuleParking, ChatEngine):
         on_token: Callable[[int | None], None] | None,
     ) -> list[Generated]:
         """Blocking: one ``generate`` call for ``sampling.n`` sequences, counted while it runs."""
-        with self._generating:
+        with self._generating, TORCH_GLOBALS.forward_pass():
             self._running += 1
             try:
                 results = self._generate_now(prompt, sampling, cancel, on_token)
