@@ -174,3 +174,24 @@ def torch_out_of_memory() -> Exception:
     import torch
 
     return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_a_parked_engine_holds_its_pinned_buffer_in_ram_and_nothing_on_the_gpu(zoo: Path) -> None:
+    """The ledger takes a parked model's footprint as measured: GPU bytes counted after the park had
+    it unload what it had just parked (an H200 run). Parked here means a GPU plan whose tensors are in
+    host memory, as the park leaves them."""
+    import torch
+
+    engine = engine_for(zoo)
+    engine._load()  # on the CPU: where a park leaves the tensors
+    weights = engine.memory_bytes or 0
+    assert weights > 0
+    size = engine.spec.size_bytes
+    engine.plan = PlacementPlan(
+        Placement.GPU, "cuda", MemoryEstimate(size), gpu_bytes=size, ram_bytes=0, reason="test"
+    )
+    engine._host_copy = torch.empty(weights, dtype=torch.uint8)
+    assert not engine._awake()
+    parked = engine.footprint()
+    assert (parked.gpu_bytes, parked.ram_bytes) == (0, weights)
+    engine._release()

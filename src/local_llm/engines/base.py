@@ -249,10 +249,15 @@ class TorchModuleParking:
         return Footprint(ram_bytes=self.memory_bytes or self.plan.estimate.weights_bytes)
 
     def footprint(self) -> Footprint:
+        """Awake on the GPU: its tensors there, and the kept buffer in RAM; parked: the buffer alone
+        (counting its GPU bytes still had the ledger unload what it had just parked, on an H200)."""
         held = super().footprint()  # type: ignore[misc]
+        if self.plan.placement is not Placement.GPU or self._model is None:
+            return held
         kept = int(self._host_copy.numel()) if self._host_copy is not None else 0
-        on_gpu = self.plan.placement is Placement.GPU and self._model is not None and self._awake()
-        return Footprint(held.gpu_bytes, held.ram_bytes + kept) if on_gpu else held
+        if self._awake():
+            return Footprint(held.gpu_bytes, held.ram_bytes + kept)
+        return Footprint(0, held.ram_bytes + kept)
 
     async def park(self) -> None:
         await asyncio.to_thread(self._to_host)
