@@ -182,6 +182,11 @@ class Engine(ABC):
         """What the engine would hold parked; None when it cannot park (it is only ever unloaded)."""
         return None
 
+    async def prepare_parking(self) -> None:
+        """Make ready, as part of the load, what the first park would otherwise set up while a request
+        waits for the memory (nothing, unless the engine says otherwise)."""
+        return
+
     async def park(self) -> None:
         """Move the weights to CPU RAM and free the GPU memory; called only when no request holds it."""
         raise NotImplementedError(f"{type(self).__name__} cannot park")
@@ -229,17 +234,19 @@ class TorchModuleParking:
 
     Parking copies every GPU tensor of the module into one page-locked (pinned) host buffer and points
     the tensors there, then empties torch's CUDA cache, so the GPU memory is free for another model
-    while the weights stay in RAM; waking copies them back. The buffer is allocated at the first park
-    and kept until the engine stops: page-locking 1.7 GB took 0.9 s, the copy into a kept buffer
-    0.04 s (Qwen3-Reranker-0.6B's shape on an H200, docs/benchmarks.md). Kept, it is RAM the model
-    holds awake too, so :meth:`footprint` counts it and the ledger sees it. Both run off the event
-    loop; the manager parks only an engine no request holds, so no forward pass runs meanwhile.
+    while the weights stay in RAM; waking copies them back. The buffer is allocated as the model
+    loads (:meth:`prepare_parking`, where parking is on) and kept until the engine stops:
+    page-locking 1.1 GB took 1.7-2.0 s, the copy into a kept buffer 0.03-0.06 s (Qwen3-Embedding-0.6B's
+    shape on an H200, docs/benchmarks.md); allocated at the first park instead, that 2 s fell on the
+    request that needed the memory. Kept, it is RAM the model holds awake too, so :meth:`footprint`
+    counts it and the ledger sees it from the load on. All of it runs off the event loop; the manager
+    parks only an engine no request holds, so no forward pass runs meanwhile.
     """
 
     plan: PlacementPlan
     memory_bytes: int | None
     _model: Any
-    # The pinned host buffer the weights are parked in, kept from the first park until the engine stops.
+    # The pinned host buffer the weights are parked in, kept from the load until the engine stops.
     _host_copy: Any = None
 
     @property
@@ -258,6 +265,10 @@ class TorchModuleParking:
         if self._awake():
             return Footprint(held.gpu_bytes, held.ram_bytes + kept)
         return Footprint(0, held.ram_bytes + kept)
+
+    async def prepare_parking(self) -> None:
+        if self.plan.placement is Placement.GPU and self._model is not None:
+            await asyncio.to_thread(self._pin_host_copy)
 
     async def park(self) -> None:
         await asyncio.to_thread(self._to_host)
@@ -285,20 +296,25 @@ class TorchModuleParking:
         tensors = (*self._model.parameters(), *self._model.buffers())
         return [tensor for tensor in tensors if tensor.device.type == device_type]
 
+    def _pin_host_copy(self) -> None:
+        self._kept_buffer(_host_layout(self._module_tensors("cuda"))[1])
+
+    def _kept_buffer(self, size: int) -> Any:
+        """The kept buffer, allocated and page-locked unless it already has ``size`` bytes."""
+        if self._host_copy is None or int(self._host_copy.numel()) != size:
+            torch = import_backend("torch")
+            self._host_copy = torch.empty(size, dtype=torch.uint8, pin_memory=True)
+        return self._host_copy
+
     def _to_host(self) -> None:
         torch = import_backend("torch")
         tensors = self._module_tensors("cuda")
-        # Each tensor starts on a 64-byte boundary of the buffer, so every dtype's view is aligned.
-        offsets, total = [], 0
-        for tensor in tensors:
-            offsets.append(total)
-            total += -(-tensor.numel() * tensor.element_size() // 64) * 64
-        if self._host_copy is None or int(self._host_copy.numel()) != total:
-            self._host_copy = torch.empty(total, dtype=torch.uint8, pin_memory=True)
+        offsets, total = _host_layout(tensors)
+        buffer = self._kept_buffer(total)
         copies = []
         for tensor, offset in zip(tensors, offsets, strict=True):
             size = tensor.numel() * tensor.element_size()
-            host = self._host_copy[offset : offset + size].view(tensor.dtype).view(tensor.shape)
+            host = buffer[offset : offset + size].view(tensor.dtype).view(tensor.shape)
             host.copy_(tensor, non_blocking=True)
             copies.append(host)
         torch.cuda.synchronize()
@@ -313,3 +329,13 @@ class TorchModuleParking:
         torch.cuda.synchronize()
         for tensor, moved in zip(tensors, on_device, strict=True):
             tensor.data = moved
+
+
+def _host_layout(tensors: list[Any]) -> tuple[list[int], int]:
+    """Where each tensor goes in the parking buffer, and the buffer's size: each starts on a 64-byte
+    boundary, so every dtype's view of the buffer is aligned."""
+    offsets, total = [], 0
+    for tensor in tensors:
+        offsets.append(total)
+        total += -(-tensor.numel() * tensor.element_size() // 64) * 64
+    return offsets, total

@@ -173,6 +173,9 @@ class EngineEffects:
                 epoch = self._load_epoch
                 before = _own_rss() if alone else None
                 await engine.start()
+                if self._settings.enable_parking and engine.parked_footprint is not None:
+                    progress.enter("pinning the RAM it will be parked in")
+                    await _prepare_parking(name, engine)
                 if self._load_epoch != epoch:
                     before = None  # another in-process load began meanwhile: the RSS growth is shared
         except Exception as exc:
@@ -327,6 +330,18 @@ def _verify_weights(spec: ModelSpec) -> None:
         verify_weights(spec.path)
     except UnservableFolder as exc:
         raise ModelLoadError(str(exc)) from exc
+
+
+async def _prepare_parking(name: str, engine: Engine) -> None:
+    """Have the first park cost what later ones do; where that fails (RAM cannot be page-locked now),
+    the model still serves, and its first park tries again."""
+    started = time.perf_counter()
+    try:
+        await engine.prepare_parking()
+    except (RuntimeError, MemoryError) as exc:
+        logger.warning("%s: no RAM pinned to park it in yet (%s); its first park will try again", name, exc)
+        return
+    logger.debug("%s: pinned the RAM it will be parked in, in %.2fs", name, time.perf_counter() - started)
 
 
 def _own_rss() -> int:

@@ -238,8 +238,13 @@ def chat_serving_facts(
 def vllm_gpu_runtime(weights_bytes: int, *, compiled: bool) -> int:
     """vLLM's GPU memory beside weights and KV cache: a base, and a share of the weights for what
     grows with the model (see ``_VLLM_GPU_RUNTIME_PER_WEIGHT_BYTE``), less the graphs' when eager."""
-    share = _VLLM_GPU_RUNTIME_PER_WEIGHT_BYTE - (0 if compiled else _VLLM_GPU_GRAPHS_PER_WEIGHT_BYTE)
-    return _VLLM_GPU_BASE_RUNTIME_BYTES + int(weights_bytes * share)
+    with_graphs = _VLLM_GPU_BASE_RUNTIME_BYTES + int(weights_bytes * _VLLM_GPU_RUNTIME_PER_WEIGHT_BYTE)
+    return with_graphs - (0 if compiled else vllm_gpu_graphs(weights_bytes))
+
+
+def vllm_gpu_graphs(weights_bytes: int) -> int:
+    """The part of :func:`vllm_gpu_runtime` that CUDA graphs take (what running eager saves)."""
+    return int(weights_bytes * _VLLM_GPU_GRAPHS_PER_WEIGHT_BYTE)
 
 
 def _context_fit(
@@ -258,7 +263,7 @@ def _context_fit(
         kv_bytes_per_context_token=per_token * dtype_bytes * settings.vllm_kv_cache_sequences,
         full_tokens=full,
         min_tokens=min(settings.vllm_min_model_len, full),
-        graphs_bytes=vllm_gpu_runtime(weights, compiled=compiled) - vllm_gpu_runtime(weights, compiled=False),
+        graphs_bytes=vllm_gpu_graphs(weights) if compiled else 0,
     )
 
 

@@ -7,6 +7,7 @@ the ledger can be checked against reality and a freed model's memory is seen, no
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -57,8 +58,10 @@ class DeviceSnapshot:
     gpu: GpuSnapshot | None
 
 
+@functools.cache
 def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (``avx2``, ``avx512f``, ...) from /proc/cpuinfo; empty where unreadable."""
+    """The CPU's feature flags (``avx2``, ``avx512f``, ...) from /proc/cpuinfo, read once (they do not
+    change while the server runs); empty where unreadable."""
     with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
         for line in cpuinfo:
             if line.startswith("flags"):
