@@ -10,7 +10,7 @@ the run mean something (no failed request, vectors and scores equal to the refer
 happened, a fault that was injected and recovered from). No timing is asserted.
 
 What cannot run here, without a GPU: ``embeddings_gpu.py`` (it encodes on ``cuda``),
-``vllm_offload_probe.py`` (NVML and a GPU vLLM), ``swap_models.py`` (it builds 7B-shaped models for the
+``vllm_memory_probe.py`` (NVML and a GPU vLLM), ``swap_models.py`` (it builds 7B-shaped models for the
 GPU run), and the ``--gpu`` / ``--gpu-budget-gb`` modes of chat.py and swap.py. Those scripts get
 ``--help``, which imports everything they import at the top, and the names the probe imports later
 are checked to exist; chat.py and swap.py run their CPU paths. Competitor anchors that are not
@@ -206,7 +206,7 @@ def test_pooling_benchmark_runs_its_anchors_and_checks_our_answers_against_vllm_
 
 
 @pytest.mark.parametrize(
-    "script", ["embeddings_gpu.py", "swap_models.py", "vllm_offload_probe.py", "park_copy.py"]
+    "script", ["embeddings_gpu.py", "swap_models.py", "vllm_memory_probe.py", "park_copy.py"]
 )
 def test_gpu_only_benchmarks_import_and_explain_themselves(script: str) -> None:
     """GPU only (see the module's docstring): ``--help`` imports what the script imports at its top
@@ -215,8 +215,8 @@ def test_gpu_only_benchmarks_import_and_explain_themselves(script: str) -> None:
     assert output.startswith("usage: "), output[-3000:]
 
 
-def test_the_offload_probe_imports_names_vllm_still_has() -> None:
-    """vllm_offload_probe.py imports vLLM and NVML only once its arguments are parsed: those names."""
+def test_the_memory_probe_imports_names_vllm_still_has() -> None:
+    """vllm_memory_probe.py imports vLLM and NVML only once its arguments are parsed: those names."""
     finished = subprocess.run(
         [sys.executable, "-c", "import pynvml; from vllm import LLM, SamplingParams"],
         capture_output=True,

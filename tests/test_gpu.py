@@ -35,9 +35,9 @@ def test_a_model_that_gives_way_on_the_gpu_is_parked_and_woken_not_reloaded(
     zoo: Path, tmp_path: Path
 ) -> None:
     # Each tiny vLLM engine plans about 1.27 GiB on the GPU (runtime 1 GiB + a 0.25 GiB KV cache); a
-    # parked one keeps 768 MiB: 2.9 GiB, less 512 MiB for the server's own CUDA context (the zoo has
-    # embedders), holds one awake and one asleep (2.5 GiB), not two awake (3.0 GiB). Passed on an H200
-    # (2026-12-02, 104 s).
+    # parked one keeps 768 MiB: 2.9 GiB, less 768 MiB kept for the server's own CUDA context (the zoo
+    # has embedders; none loads here, so it is never measured), holds one awake and one asleep
+    # (2.0 GiB), not two awake (2.5 GiB). Passed on an H200 (2026-12-02, 104 s, with 512 MiB kept).
     running = start_server(
         zoo, tmp_path / "server.log", "--no-bundled-models", "--available-gpu-memory-gb", "2.9"
     )

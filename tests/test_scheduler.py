@@ -370,6 +370,29 @@ def test_the_servers_own_footprint_counts_against_the_ram_budget() -> None:
     assert rig.scheduler.budget.ram_bytes == 7 * G
 
 
+def test_the_servers_own_gpu_memory_counts_as_measured_not_as_reserved() -> None:
+    """Its CUDA context is reserved until measured: on an H200 it measured 806 MiB, more than the 512 then
+    reserved, and the device went over the budget by the difference with everything resident."""
+    rig = Rig({"a": 4, "b": 3}, gpu_gb=8)
+    rig.scheduler.overhead_gpu_bytes = G // 2  # reserved before any in-process model loaded
+    for name in ("a", "b"):
+        rig.ask(name)
+        rig.up(name)
+        rig.done(name)
+        rig.now += 1
+    assert [call[:2] for call in rig.effects.take()] == [("load", "a"), ("load", "b")]
+    rig.scheduler.measured_overhead(0, rig.now, gpu_bytes=int(1.5 * G))  # 4 + 3 + 1.5 > 8
+    assert rig.effects.take() == [("stop", "a")]
+    rig.scheduler.stopped("a", rig.now)
+    assert rig.scheduler.budget.gpu_bytes == int(6.5 * G)
+    assert rig.within_budget()
+    rig.scheduler.measured_overhead(0, rig.now, gpu_bytes=None)  # NVML could not tell: it stands
+    assert rig.scheduler.budget.gpu_bytes == int(6.5 * G)
+    rig.scheduler.measured_overhead(0, rig.now, gpu_bytes=G // 4)  # less than reserved: room again
+    rig.ask("a")
+    assert [call[:2] for call in rig.effects.take()] == [("load", "a")]
+
+
 def test_nothing_is_brought_up_before_the_servers_own_footprint_is_measured() -> None:
     """At start the server holds a fraction of what it will once its engine libraries are in: a budget
     less that guess admitted three models where one fitted (CI). Requests wait for the measurement,

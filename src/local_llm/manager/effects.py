@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import logging
+import os
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,7 @@ from local_llm.manager.progress import LoadProgress, expected_seconds
 from local_llm.manager.scheduler import Ticket
 from local_llm.placement import Footprint, PlacementPlan
 from local_llm.placement.estimate import mib
-from local_llm.placement.probe import our_process_ids, processes_rss
+from local_llm.placement.probe import our_process_ids, process_gpu_bytes, processes_rss
 from local_llm.registry import ModelRegistry, ModelSpec, WeightFormat
 from local_llm.registry.classify import UnservableFolder, verify_weights
 
@@ -173,7 +174,9 @@ class EngineEffects:
                 epoch = self._load_epoch
                 before = _own_rss() if alone else None
                 await engine.start()
-                if self._settings.enable_parking and engine.parked_footprint is not None:
+                # An engine process (vLLM) page-locks its own buffer as it first sleeps: nothing to do here.
+                parks_here = engine.in_process and engine.parked_footprint is not None
+                if self._settings.enable_parking and parks_here:
                     progress.enter("pinning the RAM it will be parked in")
                     await _prepare_parking(name, engine)
                 if self._load_epoch != epoch:
@@ -310,6 +313,16 @@ class EngineEffects:
         )
         models += sum(in_process_shares.values())
         return max(processes_rss(tree) - models, 0)
+
+    def overhead_gpu(self) -> int | None:
+        """The server's own GPU memory beyond its in-process models' tensors (its CUDA context, cuBLAS
+        workspaces, the allocator's cache), by NVML (blocking); None while it holds none (no in-process
+        model has used the GPU) or where NVML cannot tell."""
+        held = process_gpu_bytes({os.getpid()})
+        if not held:
+            return None
+        models = sum(e.footprint().gpu_bytes for e in self.engines.values() if e.in_process)
+        return max(held - models, 0)
 
     async def stop_all(self) -> None:
         """Shutdown: cancel bring-ups, stop every engine (in parallel), end the waits."""

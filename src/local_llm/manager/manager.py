@@ -64,8 +64,10 @@ NeedEstimator = Callable[[ModelSpec], ModelNeed]
 
 # RAM left to the operating system when LLM_AVAILABLE_RAM_GB is unset.
 _RAM_RESERVE_BYTES = 1024**3
-# This process's own CUDA context, which in-process (torch) models on a GPU bring and never give back.
-_SERVER_CUDA_CONTEXT_BYTES = 512 * 1024**2
+# This process's own CUDA context, which in-process (torch) models on a GPU bring and never give back:
+# reserved before the first of them loads, then replaced by what is measured (806 MiB on an H200 with
+# torch 2.11, CUDA kernels of two pooling models loaded and both parked).
+_SERVER_CUDA_CONTEXT_BYTES = 768 * 1024**2
 # How often idle models are checked against their time to live.
 _TICK_S = 1.0
 # How often, at most, the server's own footprint is measured, besides once engines settle; and over how
@@ -171,12 +173,15 @@ class ModelManager:
         )
         self.effects.scheduler = self.scheduler
         self.scheduler.overhead_ram_bytes = snapshot.ram_used_by_us_bytes
+        if snapshot.gpu is not None and any(spec.kind is not ModelKind.CHAT for spec in self.registry.models):
+            self.scheduler.overhead_gpu_bytes = _SERVER_CUDA_CONTEXT_BYTES
         self.effects.on_settled = self._settled
         self._tickets = itertools.count()
         self._background: set[asyncio.Task[None]] = set()
         self._last_overhead_probe = 0.0
         self._libraries_imported = not libraries_pending
-        self._overhead_readings: deque[tuple[float, int]] = deque()
+        # (when, RAM, GPU: None while the server holds none) of the last half minute.
+        self._overhead_readings: deque[tuple[float, int, int | None]] = deque()
         # What the server's start-up work is doing (the app's prepare), None once it is done; and the
         # pinned models whose first load has not ended yet.
         self._start_up: str | None = "importing the engine libraries" if libraries_pending else None
@@ -194,8 +199,6 @@ class ModelManager:
             free = snapshot.gpu.free_bytes
             cap = self._settings.gpu_budget_bytes
             gpu = min(cap, free) if cap is not None else int(free * 0.95)
-            if any(spec.kind is not ModelKind.CHAT for spec in self.registry.models):
-                gpu = max(gpu - _SERVER_CUDA_CONTEXT_BYTES, 0)
         budget = Budget(ram_bytes=ram, gpu_bytes=gpu, max_models=self._settings.model_cache_size)
         logger.info(
             "memory budget: RAM %s (the server's own footprint included)%s%s",
@@ -325,7 +328,8 @@ class ModelManager:
                 logger.exception("the manager's tick failed; it goes on")
 
     async def measure_overhead(self) -> None:
-        """Measure the server's own RAM beyond its models' and let the budget follow it.
+        """Measure the server's own RAM beyond its models' (and its GPU memory beyond its in-process
+        models' tensors: the CUDA context) and let the budget follow it.
 
         Each engine's share is what it holds: its own processes' RSS (vLLM), or for an in-process
         model what it was measured to hold when it loaded (the RSS it added), not its ledger estimate:
@@ -344,12 +348,18 @@ class ModelManager:
             if engine.in_process
         }
         reading = await asyncio.to_thread(self.effects.overhead_ram, held)
+        gpu_reading = await asyncio.to_thread(self.effects.overhead_gpu)
         if self.effects.busy:
             return
-        self._overhead_readings.append((now, reading))
+        self._overhead_readings.append((now, reading, gpu_reading))
         while self._overhead_readings[0][0] < now - _OVERHEAD_WINDOW_S:
             self._overhead_readings.popleft()
-        self.scheduler.measured_overhead(min(r for _, r in self._overhead_readings), now)
+        gpu_readings = [r for _, _, r in self._overhead_readings if r is not None]
+        self.scheduler.measured_overhead(
+            min(r for _, r, _ in self._overhead_readings),
+            now,
+            gpu_bytes=min(gpu_readings) if gpu_readings else None,
+        )
 
     async def libraries_imported(self) -> None:
         """The engine libraries are in (or failed to import): the server's own footprint is measured

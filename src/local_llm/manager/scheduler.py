@@ -238,6 +238,10 @@ class Scheduler:
         self.rules = rules or Rules()
         # RAM the server itself holds beyond its models (measured): it counts against the RAM budget.
         self.overhead_ram_bytes = 0
+        # GPU memory the server itself holds beyond its in-process models' tensors: its CUDA context,
+        # cuBLAS workspaces and the allocator's cache. Until measured, what the manager reserves for it
+        # (a context appears with the first in-process GPU model and is never given back).
+        self.overhead_gpu_bytes = 0
         # The least of those readings: what "could this model ever fit" is judged by, so a reading
         # taken while requests ran (their activations counted in) makes a model wait, never refused.
         self.overhead_floor_bytes: int | None = None
@@ -255,7 +259,8 @@ class Scheduler:
     def budget(self) -> Budget:
         """The budget models may hold now: the operator's, less the server's own measured footprint."""
         base = self._base_budget
-        return replace(base, ram_bytes=max(base.ram_bytes - self.overhead_ram_bytes, 0))
+        gpu = max(base.gpu_bytes - self.overhead_gpu_bytes, 0) if base.gpu_bytes is not None else None
+        return replace(base, ram_bytes=max(base.ram_bytes - self.overhead_ram_bytes, 0), gpu_bytes=gpu)
 
     def holdings(self, exclude: str | None = None) -> list[Holding]:
         """The committed ledger: one entry per model that holds memory."""
@@ -415,11 +420,20 @@ class Scheduler:
         self._take_down(record, park=False, why="its engine died", cause=Cause.ENGINE_DIED, now=now)
         self._advance(now)
 
-    def measured_overhead(self, ram_bytes: int, now: float) -> None:
-        """The server's own RAM beyond its models' (measured while nothing was loading)."""
+    def measured_overhead(self, ram_bytes: int, now: float, *, gpu_bytes: int | None = None) -> None:
+        """The server's own RAM beyond its models' (measured while nothing was loading), and its own
+        GPU memory where it holds any (``gpu_bytes``; None: it holds none yet, or NVML cannot tell)."""
         if abs(ram_bytes - self.overhead_ram_bytes) >= 16 * 2**20:
             logger.info("the server itself holds %s of RAM beyond its models", mib(ram_bytes))
         self.overhead_ram_bytes = ram_bytes
+        if gpu_bytes is not None:
+            if abs(gpu_bytes - self.overhead_gpu_bytes) >= 16 * 2**20:
+                logger.info(
+                    "the server itself holds %s of GPU memory beyond its models (was counted as %s)",
+                    mib(gpu_bytes),
+                    mib(self.overhead_gpu_bytes),
+                )
+            self.overhead_gpu_bytes = gpu_bytes
         self.overhead_measured = True
         floor = self.overhead_floor_bytes
         self.overhead_floor_bytes = ram_bytes if floor is None else min(floor, ram_bytes)
@@ -670,10 +684,8 @@ class Scheduler:
         overhead = self.overhead_ram_bytes
         if floor and self.overhead_floor_bytes is not None:
             overhead = self.overhead_floor_bytes
-        return Room(
-            ram_bytes=max(base.ram_bytes - overhead, 0) - pinned_ram,
-            gpu_bytes=base.gpu_bytes - pinned_gpu if base.gpu_bytes is not None else None,
-        )
+        gpu = base.gpu_bytes - self.overhead_gpu_bytes - pinned_gpu if base.gpu_bytes is not None else None
+        return Room(ram_bytes=max(base.ram_bytes - overhead, 0) - pinned_ram, gpu_bytes=gpu)
 
     def _plan_room(self, record: ModelRecord) -> Room:
         """The room a fresh plan is made in: :meth:`_room`, less what the model was measured to hold
