@@ -314,15 +314,16 @@ class EngineEffects:
         models += sum(in_process_shares.values())
         return max(processes_rss(tree) - models, 0)
 
-    def overhead_gpu(self) -> int | None:
-        """The server's own GPU memory beyond its in-process models' tensors (its CUDA context, cuBLAS
-        workspaces, the allocator's cache), by NVML (blocking); None while it holds none (no in-process
-        model has used the GPU) or where NVML cannot tell."""
+    def overhead_gpu(self, in_process_shares: Mapping[str, int]) -> int | None:
+        """The server's own GPU memory beyond what the ledger holds for its in-process models
+        (``in_process_shares``): its CUDA context, cuBLAS workspaces, and allocator cache past their
+        plans; by NVML (blocking). None while it holds none (no in-process model has used the GPU) or
+        where NVML cannot tell. Counting each model at its ledger share, activations it was planned
+        with are not counted twice, and the ledger and this overhead add up to what the device holds."""
         held = process_gpu_bytes({os.getpid()})
         if not held:
             return None
-        models = sum(e.footprint().gpu_bytes for e in self.engines.values() if e.in_process)
-        return max(held - models, 0)
+        return max(held - sum(in_process_shares.values()), 0)
 
     async def stop_all(self) -> None:
         """Shutdown: cancel bring-ups, stop every engine (in parallel), end the waits."""

@@ -328,8 +328,8 @@ class ModelManager:
                 logger.exception("the manager's tick failed; it goes on")
 
     async def measure_overhead(self) -> None:
-        """Measure the server's own RAM beyond its models' (and its GPU memory beyond its in-process
-        models' tensors: the CUDA context) and let the budget follow it.
+        """Measure the server's own RAM beyond its models' (and its GPU memory beyond what the ledger
+        holds for its in-process models: the CUDA context) and let the budget follow it.
 
         Each engine's share is what it holds: its own processes' RSS (vLLM), or for an in-process
         model what it was measured to hold when it loaded (the RSS it added), not its ledger estimate:
@@ -348,7 +348,12 @@ class ModelManager:
             if engine.in_process
         }
         reading = await asyncio.to_thread(self.effects.overhead_ram, held)
-        gpu_reading = await asyncio.to_thread(self.effects.overhead_gpu)
+        gpu_held = {
+            name: self.scheduler.records[name].held().gpu_bytes
+            for name, engine in self.effects.engines.items()
+            if engine.in_process
+        }
+        gpu_reading = await asyncio.to_thread(self.effects.overhead_gpu, gpu_held)
         if self.effects.busy:
             return
         self._overhead_readings.append((now, reading, gpu_reading))
