@@ -238,9 +238,9 @@ class Scheduler:
         self.rules = rules or Rules()
         # RAM the server itself holds beyond its models (measured): it counts against the RAM budget.
         self.overhead_ram_bytes = 0
-        # GPU memory the server itself holds beyond its in-process models' tensors: its CUDA context,
-        # cuBLAS workspaces and the allocator's cache. Until measured, what the manager reserves for it
-        # (a context appears with the first in-process GPU model and is never given back).
+        # GPU memory the server itself holds beyond what the ledger holds for its in-process models: its
+        # CUDA context, cuBLAS workspaces and allocator cache. Until measured, what the manager reserves
+        # for it (a context appears with the first in-process GPU model and is never given back).
         self.overhead_gpu_bytes = 0
         # The least of those readings: what "could this model ever fit" is judged by, so a reading
         # taken while requests ran (their activations counted in) makes a model wait, never refused.
